@@ -1,0 +1,184 @@
+"""The LLaMA building blocks shared by the MTP policy, the value model and the reference model.
+
+Einsum letter legend used in names: B batch, S sequence (length), D model dim (``embed``),
+N query heads, K key/value heads, H head dim, F feed-forward hidden dim (``mlp``), V vocab.
+
+Every parameter carries logical axis names (``nn.with_logical_partitioning``) and the main
+activations are constrained with ``nn.with_logical_constraint``; a mesh and a set of rules map
+those names onto devices (``flax.linen.logical_axis_rules``). Without rules they are no-ops.
+
+RoPE layout: **rotate-half** (Hugging Face): dimension ``i`` of a head is paired with ``i + H/2``.
+Meta's checkpoints pair adjacent dimensions ``(2i, 2i+1)``; ``wmtp_jax.weights`` permutes the rows of
+Meta's ``wq``/``wk`` on conversion so the two give identical attention scores (DESIGN §4).
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """Shape and numerics of one pre-norm LLaMA block (built from an MTP or a HF-style config)."""
+  dim: int
+  n_heads: int
+  n_kv_heads: int
+  ffn_hidden: int
+  norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  dtype: str = "float32"        # compute dtype of activations and matmuls
+  param_dtype: str = "float32"  # storage dtype of the parameters
+
+  def __post_init__(self):
+    if self.dim % self.n_heads:
+      raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+    if (self.dim // self.n_heads) % 2:
+      raise ValueError(f"head dim {self.dim // self.n_heads} must be even for RoPE")
+    for field in ("dtype", "param_dtype"):
+      value = getattr(self, field)
+      if value not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"{field}={value!r}: expected 'float32', 'bfloat16' or 'float16'")
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.n_heads
+
+
+def meta_ffn_hidden(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+  """Meta's SwiGLU hidden size: ``multiple_of * ceil(mult * int(2 * 4 * dim / 3) / multiple_of)``."""
+  hidden = int(2 * 4 * dim / 3)
+  if ffn_dim_multiplier is not None:
+    hidden = int(ffn_dim_multiplier * hidden)
+  return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def _init(names: tuple[str, ...], init=nn.initializers.lecun_normal()):
+  return nn.with_logical_partitioning(init, names)
+
+
+class RMSNorm(nn.Module):
+  """``x / rms(x) * weight``, the normalisation computed in fp32 and cast back before the scale."""
+  eps: float
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    weight = self.param("weight", _init(("embed",), nn.initializers.ones), (x.shape[-1],),
+                        self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return normed.astype(x.dtype) * weight.astype(x.dtype)
+
+
+def rope_cos_sin(positions_BxS, head_dim: int, theta: float):
+  """``cos, sin`` of shape ``[B, S, H]`` (fp32) in the rotate-half layout (halves repeated)."""
+  inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles_BxSxHhalf = positions_BxS.astype(jnp.float32)[..., None] * inv_freq
+  angles_BxSxH = jnp.concatenate([angles_BxSxHhalf, angles_BxSxHhalf], axis=-1)
+  return jnp.cos(angles_BxSxH), jnp.sin(angles_BxSxH)
+
+
+def apply_rope(x_BxSxNxH, cos_BxSxH, sin_BxSxH):
+  """Rotate-half RoPE: ``x * cos + rotate_half(x) * sin``, computed in fp32, cast back."""
+  x = x_BxSxNxH.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  out = x * cos_BxSxH[:, :, None, :] + rotated * sin_BxSxH[:, :, None, :]
+  return out.astype(x_BxSxNxH.dtype)
+
+
+class Attention(nn.Module):
+  """Causal grouped-query attention with a key padding mask.
+
+  Kernels: ``wq [D, N, H]``, ``wk, wv [D, K, H]``, ``wo [N, H, D]`` (no biases). The attention itself
+  is ``jax.nn.dot_product_attention`` so GPUs get the fused cuDNN kernel.
+  """
+  cfg: BlockConfig
+
+  @nn.compact
+  def __call__(self, x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS):
+    cfg = self.cfg
+    dense = lambda feats, axis, names, name: nn.DenseGeneral(
+        feats, axis=axis, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=_init(names), name=name)
+    q_BxSxNxH = dense((cfg.n_heads, cfg.head_dim), -1, ("embed", "heads", "head_dim"), "wq")(x_BxSxD)
+    k_BxSxKxH = dense((cfg.n_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"),
+                      "wk")(x_BxSxD)
+    v_BxSxKxH = dense((cfg.n_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"),
+                      "wv")(x_BxSxD)
+    q_BxSxNxH = nn.with_logical_constraint(
+        apply_rope(q_BxSxNxH, cos_BxSxH, sin_BxSxH), ("batch", "length", "heads", "head_dim"))
+    k_BxSxKxH = nn.with_logical_constraint(
+        apply_rope(k_BxSxKxH, cos_BxSxH, sin_BxSxH), ("batch", "length", "kv_heads", "head_dim"))
+    v_BxSxKxH = nn.with_logical_constraint(v_BxSxKxH, ("batch", "length", "kv_heads", "head_dim"))
+    key_mask_Bx1x1xS = attention_mask_BxS.astype(bool)[:, None, None, :]
+    out_BxSxNxH = jax.nn.dot_product_attention(
+        q_BxSxNxH, k_BxSxKxH, v_BxSxKxH, mask=key_mask_Bx1x1xS, is_causal=True)
+    out_BxSxNxH = nn.with_logical_constraint(out_BxSxNxH, ("batch", "length", "heads", "head_dim"))
+    return dense(cfg.dim, (-2, -1), ("heads", "head_dim", "embed"), "wo")(out_BxSxNxH)
+
+
+class FeedForward(nn.Module):
+  """SwiGLU ``w2(silu(w1 x) * w3 x)``: ``w1`` gate and ``w3`` up ``[D, F]``, ``w2`` down ``[F, D]``."""
+  cfg: BlockConfig
+
+  @nn.compact
+  def __call__(self, x_BxSxD):
+    cfg = self.cfg
+    dense = lambda feats, names, name: nn.Dense(
+        feats, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=_init(names), name=name)
+    gate_BxSxF = dense(cfg.ffn_hidden, ("embed", "mlp"), "w1")(x_BxSxD)
+    up_BxSxF = dense(cfg.ffn_hidden, ("embed", "mlp"), "w3")(x_BxSxD)
+    h_BxSxF = nn.with_logical_constraint(nn.silu(gate_BxSxF) * up_BxSxF, ("batch", "length", "mlp"))
+    return dense(cfg.dim, ("mlp", "embed"), "w2")(h_BxSxF)
+
+
+class Block(nn.Module):
+  """Pre-norm block: ``h = x + attn(attention_norm(x)); out = h + ffn(ffn_norm(h))``."""
+  cfg: BlockConfig
+
+  @nn.compact
+  def __call__(self, x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS):
+    cfg = self.cfg
+    norm = lambda name: RMSNorm(cfg.norm_eps, cfg.param_dtype, name=name)
+    h_BxSxD = x_BxSxD + Attention(cfg, name="attention")(
+        norm("attention_norm")(x_BxSxD), cos_BxSxH, sin_BxSxH, attention_mask_BxS)
+    out_BxSxD = h_BxSxD + FeedForward(cfg, name="feed_forward")(norm("ffn_norm")(h_BxSxD))
+    return nn.with_logical_constraint(out_BxSxD, ("batch", "length", "embed"))
+
+
+class Embed(nn.Module):
+  """Token embedding table ``[V, D]``, looked up in the compute dtype."""
+  vocab_size: int
+  dim: int
+  dtype: str
+  param_dtype: str
+
+  @nn.compact
+  def __call__(self, tokens_BxS):
+    table_VxD = self.param("embedding", _init(("vocab", "embed"), nn.initializers.normal(1.0)),
+                           (self.vocab_size, self.dim), self.param_dtype)
+    x_BxSxD = jnp.take(table_VxD, tokens_BxS, axis=0).astype(self.dtype)
+    return nn.with_logical_constraint(x_BxSxD, ("batch", "length", "embed"))
+
+
+class Unembed(nn.Module):
+  """Untied output projection ``[D, V]`` (Flax kernel layout; a torch ``output.weight`` is ``[V, D]``)."""
+  vocab_size: int
+  dtype: str
+  param_dtype: str
+
+  @nn.compact
+  def __call__(self, h_BxSx___xD):
+    kernel_DxV = self.param("kernel", _init(("embed", "vocab")),
+                            (h_BxSx___xD.shape[-1], self.vocab_size), self.param_dtype)
+    return jnp.einsum("...d,dv->...v", h_BxSx___xD, kernel_DxV.astype(self.dtype))
+
+
+def default_positions(tokens_BxS):
+  """Positions ``0 … S−1`` for every row (rows are right padded, so this is exact)."""
+  return jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1]), tokens_BxS.shape)

@@ -1,0 +1,169 @@
+"""Plain LLaMA (Hugging Face-style config): the reference model and the value (critic) model.
+
+Parameter tree (Flax names; ``wmtp_jax.weights`` maps a HF ``LlamaForCausalLM`` state dict onto it):
+``model/embed_tokens/embedding [V, D]``, ``model/layers_{i}/…`` (``layers.Block``),
+``model/norm/weight [D]``, and ``lm_head/kernel [D, V]`` (``LlamaForCausalLM``) or
+``value_head/…`` (``ValueModel``).
+
+``ValueModel`` output ``V[b, t]`` is the value of the state after reading ``x_0 … x_t``: the value
+head applied to the final-normed hidden state at position ``t`` (DESIGN §2).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from wmtp_jax import layers, strict
+
+VALUE_HEADS = ("linear", "sigmoid", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Fields named as in a Hugging Face ``LlamaConfig`` plus numerics and the value head.
+
+  ``value_head``: ``linear`` (h→1 with bias), ``sigmoid`` (h→1→σ) or ``mlp``
+  (h→h/4→GELU→h/8→GELU→1, dropout after each GELU, last layer zero-initialised).
+  ``value_head_bias_init`` sets the bias of the last value layer (e.g. 0.5, the prior success rate).
+  """
+  vocab_size: int = 32000
+  hidden_size: int = 4096
+  intermediate_size: int = 11008
+  num_hidden_layers: int = 32
+  num_attention_heads: int = 32
+  num_key_value_heads: int | None = None
+  max_position_embeddings: int = 4096
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  value_head: str = "linear"
+  value_head_dropout: float = 0.1
+  value_head_bias_init: float = 0.0
+
+  def __post_init__(self):
+    if self.value_head not in VALUE_HEADS:
+      raise ValueError(f"value_head={self.value_head!r}: expected one of {VALUE_HEADS}")
+    self.block  # validates the block shapes
+
+  @property
+  def block(self) -> layers.BlockConfig:
+    return layers.BlockConfig(
+        dim=self.hidden_size, n_heads=self.num_attention_heads,
+        n_kv_heads=self.num_key_value_heads or self.num_attention_heads,
+        ffn_hidden=self.intermediate_size, norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta,
+        dtype=self.dtype, param_dtype=self.param_dtype)
+
+  @classmethod
+  def from_hf_config(cls, path: str | os.PathLike, **overrides: Any) -> "LlamaConfig":
+    """Read a HF ``config.json``: the fields above are taken, HF bookkeeping keys ignored, and
+    features this implementation does not have (biases, RoPE scaling, tied embeddings, another
+    activation) are errors naming the file and key rather than silently different models."""
+    with open(path) as f:
+      hf = json.load(f)
+    # transformers ≥ 5 writes ``rope_parameters: {rope_type, rope_theta}``; older files carry
+    # ``rope_theta`` and ``rope_scaling`` at the top level.
+    rope = hf.pop("rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+      raise ValueError(f"{path}: rope_parameters.rope_type={rope['rope_type']!r} is not supported "
+                       f"(expected 'default')")
+    if "rope_theta" in rope:
+      hf["rope_theta"] = rope["rope_theta"]
+    unsupported = {
+        "hidden_act": ("silu",), "rope_scaling": (None,), "attention_bias": (False,),
+        "mlp_bias": (False,), "tie_word_embeddings": (False,),
+    }
+    for key, allowed in unsupported.items():
+      if key in hf and hf[key] not in allowed:
+        raise ValueError(f"{path}: {key}={hf[key]!r} is not supported (expected {allowed[0]!r})")
+    head_dim = hf.get("head_dim")
+    if head_dim is not None and head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
+      raise ValueError(f"{path}: head_dim={head_dim} != hidden_size / num_attention_heads")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in hf.items() if k in fields}
+    return strict.from_dict(cls, {**values, **overrides}, where=str(path))
+
+
+class LlamaModel(nn.Module):
+  """The LLaMA backbone: embeddings, blocks, final norm → final-normed hidden ``[B, S, D]``."""
+  cfg: LlamaConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None):
+    cfg, block = self.cfg, self.cfg.block
+    if attention_mask_BxS is None:
+      attention_mask_BxS = jnp.ones(tokens_BxS.shape, jnp.int32)
+    if positions_BxS is None:
+      positions_BxS = layers.default_positions(tokens_BxS)
+    cos, sin = layers.rope_cos_sin(positions_BxS, block.head_dim, cfg.rope_theta)
+    x_BxSxD = layers.Embed(cfg.vocab_size, cfg.hidden_size, cfg.dtype, cfg.param_dtype,
+                           name="embed_tokens")(tokens_BxS)
+    for i in range(cfg.num_hidden_layers):
+      x_BxSxD = layers.Block(block, name=f"layers_{i}")(x_BxSxD, cos, sin, attention_mask_BxS)
+    return layers.RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name="norm")(x_BxSxD)
+
+
+class LlamaForCausalLM(nn.Module):
+  """Next-token LLaMA (the Rho-1 reference model): logits ``[B, S, V]``, ``logits[:, t]`` → ``x_{t+1}``."""
+  cfg: LlamaConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None,
+               return_hidden: bool = False):
+    """With ``return_hidden`` return the final-normed hidden ``[B, S, D]`` instead of logits."""
+    h_BxSxD = LlamaModel(self.cfg, name="model")(tokens_BxS, attention_mask_BxS,
+                                                  positions_BxS=positions_BxS)
+    if return_hidden:
+      return h_BxSxD
+    logits_BxSxV = layers.Unembed(self.cfg.vocab_size, self.cfg.dtype, self.cfg.param_dtype,
+                                  name="lm_head")(h_BxSxD)
+    return nn.with_logical_constraint(logits_BxSxV, ("batch", "length", "vocab"))
+
+
+class ValueHead(nn.Module):
+  """Value head on final-normed hidden states ``[..., D]`` → ``[...]``, computed in fp32.
+
+  Used by ``ValueModel`` and by the shared-head variant on the policy trunk.
+  """
+  kind: str = "linear"
+  dropout: float = 0.1
+  bias_init: float = 0.0
+
+  @nn.compact
+  def __call__(self, h_BxSxD, *, deterministic: bool = True):
+    h = h_BxSxD.astype(jnp.float32)
+    last_bias = nn.initializers.constant(self.bias_init)
+    if self.kind in ("linear", "sigmoid"):
+      v = nn.Dense(1, kernel_init=nn.with_logical_partitioning(
+          nn.initializers.lecun_normal(), ("embed", None)), bias_init=last_bias, name="out")(h)
+      if self.kind == "sigmoid":
+        v = nn.sigmoid(v)
+    elif self.kind == "mlp":
+      d = h.shape[-1]
+      for i, width in enumerate((d // 4, d // 8)):
+        h = nn.Dense(width, kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), ("embed" if i == 0 else None, None)),
+                     name=f"hidden_{i}")(h)
+        h = nn.Dropout(self.dropout)(nn.gelu(h, approximate=False), deterministic=deterministic)
+      v = nn.Dense(1, kernel_init=nn.initializers.zeros, bias_init=last_bias, name="out")(h)
+    else:
+      raise ValueError(f"value head kind={self.kind!r}: expected one of {VALUE_HEADS}")
+    return v[..., 0]
+
+
+class ValueModel(nn.Module):
+  """LLaMA backbone + value head: ``V [B, S]`` (fp32)."""
+  cfg: LlamaConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None,
+               deterministic: bool = True):
+    h_BxSxD = LlamaModel(self.cfg, name="model")(tokens_BxS, attention_mask_BxS,
+                                                  positions_BxS=positions_BxS)
+    return ValueHead(self.cfg.value_head, self.cfg.value_head_dropout,
+                     self.cfg.value_head_bias_init, name="value_head")(
+                         h_BxSxD, deterministic=deterministic)

@@ -1,0 +1,129 @@
+"""Meta's multi-token prediction transformer (``7B_1T_4``) in Flax, with Meta's exact wiring.
+
+``n_layers`` counts trunk blocks plus one head block:
+
+    trunk  = blocks 0 … n_layers − n_future − 1           (Meta: ``layers[:-1]``)
+    head 0 = the next-token head block                      (Meta: ``layers[-1]``)
+    head k = head block k, k = 1 … n_future − 1             (Meta: ``extra_heads[k-1]``)
+
+Every head block reads the **same** trunk output (parallel, not chained); the head outputs are
+stacked on axis −2, pass through **one shared** final RMSNorm and **one shared** untied output
+projection: ``logits[b, t, k]`` (``[B, S, n, V]``) predicts ``x_{t+1+k}``.
+
+Parameter tree (Flax names; ``wmtp_jax.weights`` maps Meta's state dict onto it):
+``tok_embeddings/embedding [V, D]``, ``trunk_{i}/…``, ``head_{k}/…`` (``layers.Block``),
+``norm/weight [D]``, ``output/kernel [D, V]``.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from wmtp_jax import layers, strict
+
+
+@dataclasses.dataclass(frozen=True)
+class MTPConfig:
+  """Fields named as in Meta's ``params.json`` (so that file loads directly) plus numerics.
+
+  ``max_seq_len`` is not in Meta's file; 2048 is the usual default.
+  """
+  dim: int = 4096
+  n_layers: int = 32
+  n_heads: int = 32
+  n_kv_heads: int | None = None
+  vocab_size: int = 32000
+  multiple_of: int = 256
+  ffn_dim_multiplier: float | None = None
+  norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  n_future_tokens: int = 1
+  max_seq_len: int = 2048
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if not 1 <= self.n_future_tokens <= self.n_layers:
+      raise ValueError(f"n_future_tokens={self.n_future_tokens} must be in [1, n_layers="
+                       f"{self.n_layers}]")
+    self.block  # validates the block shapes
+
+  @property
+  def n_trunk_layers(self) -> int:
+    return self.n_layers - self.n_future_tokens
+
+  @property
+  def block(self) -> layers.BlockConfig:
+    return layers.BlockConfig(
+        dim=self.dim, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads or self.n_heads,
+        ffn_hidden=layers.meta_ffn_hidden(self.dim, self.multiple_of, self.ffn_dim_multiplier),
+        norm_eps=self.norm_eps, rope_theta=self.rope_theta, dtype=self.dtype,
+        param_dtype=self.param_dtype)
+
+  @classmethod
+  def from_params_json(cls, path: str | os.PathLike, **overrides: Any) -> "MTPConfig":
+    """Read Meta's ``params.json``; an unknown key is an error naming the file and the key."""
+    with open(path) as f:
+      params = json.load(f)
+    return strict.from_dict(cls, {**params, **overrides}, where=str(path))
+
+
+class MTPTransformer(nn.Module):
+  """Shared trunk + ``n_future_tokens`` parallel head blocks + shared norm and unembedding."""
+  cfg: MTPConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None,
+               heads: int | None = None, return_hidden: bool = False,
+               return_trunk_hidden: bool = False):
+    """Run the model.
+
+    Args:
+      tokens_BxS: int token ids ``[B, S]``.
+      attention_mask_BxS: 1 for real tokens, 0 for (right) padding; default all ones.
+      positions_BxS: RoPE positions; default ``0 … S−1``.
+      heads: run only the first ``heads`` heads (``1`` = next-token only); default all.
+      return_hidden: return the final-normed per-head hidden states ``[B, S, n, D]`` instead of
+        logits (for the memory-efficient loss, which multiplies by ``output/kernel`` blockwise).
+      return_trunk_hidden: also return the final-normed trunk output ``[B, S, D]`` (the input of a
+        shared value head).
+
+    Returns:
+      ``logits [B, S, n, V]`` (or hidden ``[B, S, n, D]``), and with ``return_trunk_hidden`` a pair
+      ``(out, trunk_hidden [B, S, D])``. ``out[:, t, k]`` belongs to target ``x_{t+1+k}``.
+
+    Initialise with the defaults (all heads, logits) so that every parameter is created.
+    """
+    cfg, block = self.cfg, self.cfg.block
+    n = cfg.n_future_tokens if heads is None else heads
+    if not 1 <= n <= cfg.n_future_tokens:
+      raise ValueError(f"heads={heads} must be in [1, n_future_tokens={cfg.n_future_tokens}]")
+    if attention_mask_BxS is None:
+      attention_mask_BxS = jnp.ones(tokens_BxS.shape, jnp.int32)
+    if positions_BxS is None:
+      positions_BxS = layers.default_positions(tokens_BxS)
+    cos, sin = layers.rope_cos_sin(positions_BxS, block.head_dim, cfg.rope_theta)
+
+    x_BxSxD = layers.Embed(cfg.vocab_size, cfg.dim, cfg.dtype, cfg.param_dtype,
+                           name="tok_embeddings")(tokens_BxS)
+    for i in range(cfg.n_trunk_layers):
+      x_BxSxD = layers.Block(block, name=f"trunk_{i}")(x_BxSxD, cos, sin, attention_mask_BxS)
+    heads_BxSxNxD = jnp.stack(
+        [layers.Block(block, name=f"head_{k}")(x_BxSxD, cos, sin, attention_mask_BxS)
+         for k in range(n)], axis=-2)
+    norm = layers.RMSNorm(cfg.norm_eps, cfg.param_dtype, name="norm")
+    hidden_BxSxNxD = nn.with_logical_constraint(
+        norm(heads_BxSxNxD), ("batch", "length", "future", "embed"))
+    if return_hidden:
+      out = hidden_BxSxNxD
+    else:
+      out = nn.with_logical_constraint(
+          layers.Unembed(cfg.vocab_size, cfg.dtype, cfg.param_dtype, name="output")(hidden_BxSxNxD),
+          ("batch", "length", "future", "vocab"))
+    if return_trunk_hidden:
+      return out, norm(x_BxSxD)
+    return out
