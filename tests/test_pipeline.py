@@ -1,0 +1,167 @@
+"""Tests of wmtp_jax.data.pipeline: shuffling, sharding, drops, checkpoints, pairs, workers."""
+
+import functools
+import json
+import re
+import types
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from wmtp_jax import IGNORE_INDEX
+from wmtp_jax.data import pipeline, records, samplers, template
+from wmtp_jax.data.tokenizer import train_bpe_tokenizer
+
+N_RECORDS = 160  # 40 problems × 4 solutions; record i is correct iff i is odd
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """An indexed record file, its tokenizer, a ``max_len`` that ~10 % of the records exceed."""
+  root = tmp_path_factory.mktemp("pipeline")
+  rng = np.random.default_rng(0)
+  rows = [{"instruction": f"Solve problem {i // 4}.", "input": "" if i % 3 else "n = 5",
+           "problem_id": f"p{i // 4:03d}", "is_correct": bool(i % 2),
+           "output": f"# record {i}\n" + "".join(
+               f"x{j} = {j} * n\n" for j in range(int(rng.integers(1, 12))))}
+          for i in range(N_RECORDS)]
+  records.write_jsonl(root / "train.jsonl", rows)
+  tokenizer = train_bpe_tokenizer([template.format_prompt(r) + r["output"] for r in rows], 400,
+                                  root / "tokenizer")
+  length_fn = functools.partial(template.example_length, tokenizer=tokenizer)
+  meta = records.build_index(root / "train.jsonl", tokenizer, length_fn=length_fn)
+  lengths = np.asarray([length_fn(r) for r in rows])
+  max_len = int(np.percentile(lengths, 90))
+  return types.SimpleNamespace(store=records.RecordStore(root / "train.jsonl"),
+                               tokenizer=tokenizer, pim=meta["problem_index_map"],
+                               max_len=max_len, fits=lengths <= max_len)
+
+
+def _dataset(env, indices, **kwargs):
+  args = dict(batch_size=8, max_len=env.max_len, seed=0, num_epochs=1, drop_remainder=False)
+  return pipeline.make_dataset(env.store, indices, env.tokenizer, **(args | kwargs))
+
+
+def _ids(env, batch, prefix=""):
+  """Record id of every row, read back from the ``# record {i}`` line of its labelled response."""
+  tokens, labels = batch[f"{prefix}tokens"], batch[f"{prefix}labels"]
+  texts = [env.tokenizer.decode(row[lab != IGNORE_INDEX]) for row, lab in zip(tokens, labels)]
+  return [int(re.match(r"# record (\d+)\n", t).group(1)) for t in texts]
+
+
+def _flat_ids(env, batches, prefix=""):
+  return [i for b in batches for i in _ids(env, b, prefix)]
+
+
+def _assert_same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_sampled_records_in_order_with_drop_counts(env):
+  indices = samplers.correct_only(env.pim, seed=0)
+  batches = list(_dataset(env, indices, shuffle=False, truncation="drop"))
+  kept = [i for i in indices if env.fits[i]]
+  assert _flat_ids(env, batches) == kept
+  assert all(b["tokens"].shape[0] == 8 for b in batches[:-1])
+  expected_before, run = [], 0
+  for i in indices:
+    if env.fits[i]:
+      expected_before.append(run)
+      run = 0
+    else:
+      run += 1
+  got = np.concatenate([b["dropped_before"] for b in batches])
+  np.testing.assert_array_equal(got, expected_before)
+  assert got.sum() > 0
+
+
+def test_shuffle_reshuffles_every_epoch_and_is_seeded(env):
+  indices = np.arange(N_RECORDS)
+  batches = list(_dataset(env, indices, num_epochs=2))
+  ids = _flat_ids(env, batches)
+  first, second = ids[:N_RECORDS], ids[N_RECORDS:]
+  assert sorted(first) == sorted(second) == list(range(N_RECORDS))
+  assert first != second and first != sorted(first)
+  _assert_same(batches, list(_dataset(env, indices, num_epochs=2, read_threads=2)))
+  other_seed = _flat_ids(env, list(_dataset(env, indices, seed=1)))
+  assert sorted(other_seed) == sorted(first) and other_seed != first
+
+
+def test_process_shards_are_disjoint_and_cover(env):
+  indices = samplers.balanced(env.pim, seed=3)
+  shards = [_flat_ids(env, list(_dataset(env, indices, process_index=p, process_count=2)))
+            for p in range(2)]
+  assert not set(shards[0]) & set(shards[1])
+  assert sorted(shards[0] + shards[1]) == sorted(indices.tolist())
+  assert abs(len(shards[0]) - len(shards[1])) <= 1
+  with pytest.raises(ValueError, match="process_index"):
+    _dataset(env, indices, process_index=2, process_count=2)
+
+
+def test_iterator_state_restores_mid_epoch(env):
+  ds = _dataset(env, np.arange(N_RECORDS), num_epochs=None, drop_remainder=True)
+  iterator = iter(ds)
+  _take(iterator, 7)
+  state = json.loads(json.dumps(iterator.get_state()))
+  expected = _take(iterator, 30)  # crosses into the third epoch
+  restored = iter(ds)
+  restored.set_state(state)
+  _assert_same(_take(restored, 30), expected)
+
+
+def test_iterator_state_restores_through_orbax(env, tmp_path):
+  ds = _dataset(env, np.arange(N_RECORDS), num_epochs=None, drop_remainder=True)
+  iterator = iter(ds)
+  _take(iterator, 5)
+  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+    pipeline.save_iterator(manager, 5, iterator)
+    manager.wait_until_finished()
+  expected = _take(iterator, 6)
+  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+    restored = pipeline.restore_iterator(manager, iter(ds))
+  _assert_same(_take(restored, 6), expected)
+
+
+def test_pairwise_batches(env):
+  pairs = samplers.pairs(env.pim, seed=0, max_pairs_per_problem=2)
+  batches = list(_dataset(env, pairs, max_len=512, bucket_lengths=(96, 128, 512)))
+  assert {"pos_tokens", "neg_tokens", "pos_is_correct", "neg_is_correct",
+          "dropped_before"} <= set(batches[0])
+  pos, neg = _flat_ids(env, batches, "pos_"), _flat_ids(env, batches, "neg_")
+  assert sorted(zip(pos, neg)) == sorted(map(tuple, pairs.tolist()))
+  assert all(p % 2 == 1 and n % 2 == 0 and p // 4 == n // 4 for p, n in zip(pos, neg))
+  for b in batches:
+    assert b["pos_tokens"].shape == b["neg_tokens"].shape
+    assert b["pos_tokens"].shape[1] in (96, 128, 512)
+    assert (b["pos_is_correct"] == 1).all() and (b["neg_is_correct"] == 0).all()
+
+
+def test_worker_prefetch_matches_in_process(env):
+  indices = np.arange(N_RECORDS)
+  expected = list(_dataset(env, indices))
+  iterator = iter(_dataset(env, indices, num_workers=1))
+  try:
+    _assert_same(list(iterator), expected)
+  finally:
+    iterator.close()
+
+
+def test_to_global_batch(env):
+  batch = next(iter(_dataset(env, np.arange(16))))
+  sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), PartitionSpec("data"))
+  global_batch = pipeline.to_global_batch(batch, sharding)
+  assert global_batch.keys() == batch.keys()
+  for key, value in global_batch.items():
+    assert isinstance(value, jax.Array) and value.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(value), batch[key])

@@ -1,0 +1,104 @@
+"""The data of a training run, from ``config.data``: dataset, tokenizer, sampler, iterators.
+
+``config.data.dir`` names a dataset directory (the ``wmtp_jax.data`` layout); empty means the
+embedded synthetic verifiable task, generated once into ``config.data.cache_dir`` (default
+``$XDG_CACHE_HOME/wmtp_jax/synthetic``) and reused. The sampler is ``config.data.sampler`` (a
+``samplers.METHODS`` name, or ``"all"`` for every record) with ``config.data.sampler_args``;
+empty picks the objective's default: correct solutions, every record (``samples="all"``) or
+correct/incorrect pairs (the critic).
+"""
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+
+import jax
+import numpy as np
+
+from wmtp_jax.data import pipeline, records, samplers, synthetic, tokenizer as tokenizer_lib
+
+DEFAULT_SAMPLER = {"correct": "correct_only", "all": "all", "pairs": "pairs"}
+HOST_ONLY_KEYS = ("dropped_before",)
+
+
+@dataclasses.dataclass
+class RunData:
+  train: object                                   # grain IterDataset of this process's batches
+  validation: Callable[[], Iterator[dict]]        # fresh pass over the validation batches
+  tokenizer: object
+  directory: pathlib.Path
+
+  @staticmethod
+  def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """This process's numpy batch → global arrays sharded along the batch axis."""
+    return pipeline.to_global_batch({k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS},
+                                    sharding)
+
+
+def dataset_dir(data_cfg) -> pathlib.Path:
+  """The dataset directory: ``data.dir``, or the synthetic task generated into the cache."""
+  if data_cfg.dir:
+    path = pathlib.Path(data_cfg.dir)
+    if not path.is_dir():
+      raise FileNotFoundError(f"config.data.dir={data_cfg.dir!r} is not a directory")
+    return path
+  cache = data_cfg.cache_dir or os.path.join(
+      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wmtp_jax", "synthetic")
+  if jax.process_index() == 0:
+    synthetic.ensure_dataset(cache, **data_cfg.synthetic)
+  return pathlib.Path(cache)
+
+
+def sample_indices(store: records.RecordStore, method: str, args: dict, *, seed: int) -> np.ndarray:
+  """Line indices (``[N]``, or ``[N, 2]`` pairs) chosen by ``method`` on the store's index."""
+  if method == "all":
+    return np.random.default_rng(seed).permutation(len(store)).astype(np.int64)
+  indices = samplers.sample(store.meta["problem_index_map"], method, seed=seed, **args)
+  if len(indices) == 0:
+    raise ValueError(f"sampler {method!r} with {args} selected no record from {store.path}")
+  return indices
+
+
+def _split_path(directory: pathlib.Path, split: str) -> pathlib.Path:
+  path = directory / f"{split}.jsonl"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: split {split!r} not found in the dataset directory")
+  return path
+
+
+def build(config, objective, workdir: pathlib.Path) -> RunData:
+  """Train and validation iterators for ``objective`` (this process's shard of each batch)."""
+  del workdir
+  d = config.data
+  directory = dataset_dir(d)
+  tok = tokenizer_lib.load_tokenizer(directory / "tokenizer" if not d.tokenizer else d.tokenizer)
+  vocab = objective.model.cfg.vocab_size
+  tokenizer_lib.check_vocab(tok, vocab, where="config.model.vocab_size")
+  method = d.sampler or DEFAULT_SAMPLER[objective.samples]
+  if (method == "pairs") != (objective.batch_kind == "pairs"):
+    raise ValueError(f"config.data.sampler={method!r} does not fit pipeline {objective.name!r} "
+                     f"(it needs {'pairs' if objective.batch_kind == 'pairs' else 'single records'})")
+  if d.batch_size % jax.process_count():
+    raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by the "
+                     f"{jax.process_count()} processes")
+  per_process = d.batch_size // jax.process_count()
+  common = dict(tokenizer=tok, batch_size=per_process, max_len=d.max_len,
+                truncation=d.truncation, bucket_lengths=tuple(d.bucket_lengths) or None)
+
+  train_store = records.RecordStore(_split_path(directory, d.train_split))
+  train_indices = sample_indices(train_store, method, dict(d.sampler_args), seed=d.seed)
+  train = pipeline.make_dataset(train_store, train_indices, seed=d.seed, num_epochs=None,
+                                num_workers=d.workers, **common)
+
+  def validation() -> Iterator[dict]:
+    if not d.val_batches:
+      return iter(())
+    store = records.RecordStore(_split_path(directory, d.valid_split))
+    indices = sample_indices(store, method, dict(d.sampler_args), seed=d.seed)
+    ds = pipeline.make_dataset(store, indices, seed=d.seed, num_epochs=None, shuffle=False,
+                               **common)
+    it = iter(ds)
+    return (next(it) for _ in range(d.val_batches))
+
+  return RunData(train=train, validation=validation, tokenizer=tok, directory=directory)

@@ -1,0 +1,166 @@
+"""Alpaca prompt template, tokenisation with response-only labels, and batch collation.
+
+A training row (DESIGN §2) is ``[<s>] prompt-tokens response-tokens </s>``, right padded:
+
+  ``tokens[t]``          token ids ``x_t``
+  ``labels[t]``          ``x_t`` on response tokens and the closing EOS, ``IGNORE_INDEX`` (-100) on
+                         BOS, the prompt (instruction, input and the ``### Response:\\n`` header)
+                         and padding
+  ``attention_mask[t]``  1 on real tokens, 0 on padding
+
+The prompt and the response are tokenised separately and concatenated, so the prompt/response
+boundary is exact whatever the tokenizer merges across it. ``tokenizer`` is any object with the
+``transformers`` tokenizer interface: ``encode(text, add_special_tokens=False) -> list[int]``,
+``bos_token_id`` and ``eos_token_id`` (e.g. ``wmtp_jax.data.tokenizer.load_tokenizer(path)``).
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from wmtp_jax import IGNORE_INDEX
+
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+TRUNCATION_POLICIES = ("response", "drop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One encoded record (unpadded).
+
+  Attributes:
+    tokens: ``[L]`` int32 token ids (BOS, prompt, response, EOS unless truncated away).
+    labels: ``[L]`` int32, ``tokens`` on the response (+EOS), ``IGNORE_INDEX`` elsewhere.
+    is_correct: the record's reward R (1.0 correct, 0.0 incorrect).
+  """
+  tokens: np.ndarray
+  labels: np.ndarray
+  is_correct: float
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+
+def format_prompt(record: Mapping[str, Any]) -> str:
+  """Returns the Alpaca prompt of ``record``, ending with ``### Response:\\n``.
+
+  The ``### Input:`` variant is used when ``record["input"]`` is a non-empty string.
+  """
+  if record.get("input"):
+    return PROMPT_WITH_INPUT.format(instruction=record["instruction"], input=record["input"])
+  return PROMPT_NO_INPUT.format(instruction=record["instruction"])
+
+
+def _prompt_and_response_ids(record: Mapping[str, Any], tokenizer,
+                             add_bos: bool) -> tuple[list[int], list[int]]:
+  """Untruncated token ids: ``([BOS] + prompt, response + [EOS])``."""
+  prompt = tokenizer.encode(format_prompt(record), add_special_tokens=False)
+  if add_bos:
+    prompt = [tokenizer.bos_token_id] + prompt
+  response = tokenizer.encode(record["output"], add_special_tokens=False)
+  return prompt, response + [tokenizer.eos_token_id]
+
+
+def example_length(record: Mapping[str, Any], tokenizer, *, add_bos: bool = True) -> int:
+  """Untruncated row length of ``record`` (what ``encode`` produces with unlimited ``max_len``).
+
+  Usable as ``length_fn`` of ``wmtp_jax.data.records.build_index``.
+  """
+  prompt, response = _prompt_and_response_ids(record, tokenizer, add_bos)
+  return len(prompt) + len(response)
+
+
+def encode(record: Mapping[str, Any], tokenizer, max_len: int, *,
+           truncation: Literal["response", "drop"] = "response",
+           add_bos: bool = True) -> Example | None:
+  """Tokenises ``record`` into an ``Example`` of at most ``max_len`` tokens, or None (dropped).
+
+  A record whose prompt leaves no room for one response token is always dropped. A longer
+  record is dropped under ``truncation="drop"``; under ``"response"`` its response is cut to fit,
+  and the EOS is then cut with it (a truncated solution must not learn to stop there).
+  """
+  if truncation not in TRUNCATION_POLICIES:
+    raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {truncation!r}")
+  prompt, response = _prompt_and_response_ids(record, tokenizer, add_bos)
+  room = max_len - len(prompt)
+  if room < 1 or (len(response) > room and truncation == "drop"):
+    return None
+  response = response[:room]
+  tokens = np.asarray(prompt + response, dtype=np.int32)
+  labels = tokens.copy()
+  labels[:len(prompt)] = IGNORE_INDEX
+  return Example(tokens=tokens, labels=labels, is_correct=float(record["is_correct"]))
+
+
+def padded_length(longest: int, *, pad_to: int | None = None,
+                  bucket_lengths: Sequence[int] | None = None) -> int:
+  """Sequence length S of a batch whose longest row has ``longest`` tokens.
+
+  ``pad_to`` fixes S; ``bucket_lengths`` rounds up to the smallest bucket ≥ ``longest`` (so the
+  number of distinct batch shapes, and thus of recompilations, is bounded); neither pads to the
+  longest row.
+  """
+  if pad_to is not None and bucket_lengths is not None:
+    raise ValueError("give at most one of pad_to and bucket_lengths")
+  if pad_to is not None:
+    if longest > pad_to:
+      raise ValueError(f"a row of {longest} tokens does not fit pad_to={pad_to}")
+    return pad_to
+  if bucket_lengths is not None:
+    fitting = [b for b in bucket_lengths if b >= longest]
+    if not fitting:
+      raise ValueError(f"a row of {longest} tokens exceeds the largest bucket "
+                       f"{max(bucket_lengths)}; set max_len ≤ the largest bucket")
+    return min(fitting)
+  return longest
+
+
+def collate(examples: Sequence[Example], *, pad_id: int, pad_to: int | None = None,
+            bucket_lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+  """Right-pads ``examples`` into a batch (S from ``padded_length``).
+
+  Returns:
+    ``tokens [B, S] int32`` (``pad_id`` on padding), ``labels [B, S] int32`` (-100 on padding),
+    ``attention_mask [B, S] int32``, ``is_correct [B] float32`` (reward R),
+    ``lengths [B] int32`` (real tokens per row).
+  """
+  lengths = np.asarray([len(e) for e in examples], dtype=np.int32)
+  seq_len = padded_length(int(lengths.max()), pad_to=pad_to, bucket_lengths=bucket_lengths)
+  batch = len(examples)
+  tokens = np.full((batch, seq_len), pad_id, dtype=np.int32)
+  labels = np.full((batch, seq_len), IGNORE_INDEX, dtype=np.int32)
+  for row, example in enumerate(examples):
+    tokens[row, :len(example)] = example.tokens
+    labels[row, :len(example)] = example.labels
+  return {
+      "tokens": tokens,
+      "labels": labels,
+      "attention_mask": (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int32),
+      "is_correct": np.asarray([e.is_correct for e in examples], dtype=np.float32),
+      "lengths": lengths,
+  }
+
+
+def collate_pairs(pos: Sequence[Example], neg: Sequence[Example], *, pad_id: int,
+                  pad_to: int | None = None,
+                  bucket_lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+  """Collates aligned (correct, incorrect) rows, both padded to the same S.
+
+  Returns the keys of ``collate`` prefixed with ``pos_`` and ``neg_`` (``pos_tokens [B, S]``, …).
+  """
+  if len(pos) != len(neg):
+    raise ValueError(f"{len(pos)} positive vs {len(neg)} negative examples")
+  longest = max(len(e) for e in (*pos, *neg))
+  seq_len = padded_length(longest, pad_to=pad_to, bucket_lengths=bucket_lengths)
+  return {f"{prefix}_{key}": value
+          for prefix, side in (("pos", pos), ("neg", neg))
+          for key, value in collate(side, pad_id=pad_id, pad_to=seq_len).items()}
