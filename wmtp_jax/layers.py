@@ -90,20 +90,52 @@ def apply_rope(x_BxSxNxH, cos_BxSxH, sin_BxSxH):
   return out.astype(x_BxSxNxH.dtype)
 
 
+class Projection(nn.Module):
+  """A bias-free linear map contracting the last ``n_in`` input dims with a kernel
+  ``[in…, out…]`` (``features`` = the output dims), created directly in its final shape so that
+  its logical axis ``names`` (one per kernel dim) also constrain it at initialisation.
+  ``wmtp_jax.lora`` adds adapters to these modules."""
+  features: int | tuple[int, ...]
+  n_in: int
+  names: tuple[str, ...]
+  dtype: str
+  param_dtype: str
+
+  @nn.compact
+  def __call__(self, x):
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    in_shape = x.shape[x.ndim - self.n_in:]
+    n_out = len(features)
+    init = nn.initializers.lecun_normal(in_axis=tuple(range(self.n_in)),
+                                        out_axis=tuple(range(self.n_in, self.n_in + n_out)))
+    kernel = self.param("kernel", _init(self.names, init), in_shape + features, self.param_dtype)
+    axes = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (axes, ((), ())))
+
+
 class Attention(nn.Module):
-  """Causal grouped-query attention with a key padding mask.
+  """Causal grouped-query attention with a key padding mask, and an optional KV cache.
 
   Kernels: ``wq [D, N, H]``, ``wk, wv [D, K, H]``, ``wo [N, H, D]`` (no biases). The attention itself
   is ``jax.nn.dot_product_attention`` so GPUs get the fused cuDNN kernel.
+
+  **KV-cache mode** (``cache_index_B`` given; generation, ``wmtp_jax.generate``): the ``T`` input
+  tokens of row ``b`` occupy cache slots ``cache_index_B[b] … cache_index_B[b] + T − 1`` of the
+  ``cache`` collection variables ``cached_key`` / ``cached_value`` ``[B, C, K, H]`` (``C`` = the cache
+  length; the variables are created by a call that initialises the ``cache`` collection, with
+  ``C`` = that call's ``T``). Their keys and values are written there (the collection must be
+  mutable) and the queries attend to every slot ``j ≤`` their own slot, further restricted by
+  ``attention_mask_BxS`` (then ``[B, C]``) when given. Slots past a row's own are never read, so
+  stale entries there (padding, rejected speculative drafts) need no clearing.
   """
   cfg: BlockConfig
 
   @nn.compact
-  def __call__(self, x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS):
+  def __call__(self, x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B=None):
     cfg = self.cfg
-    dense = lambda feats, axis, names, name: nn.DenseGeneral(
-        feats, axis=axis, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        kernel_init=_init(names), name=name)
+    dense = lambda feats, axis, names, name: Projection(
+        feats, n_in=len(axis) if isinstance(axis, tuple) else 1, names=names, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, name=name)
     q_BxSxNxH = dense((cfg.n_heads, cfg.head_dim), -1, ("embed", "heads", "head_dim"), "wq")(x_BxSxD)
     k_BxSxKxH = dense((cfg.n_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"),
                       "wk")(x_BxSxD)
@@ -114,11 +146,37 @@ class Attention(nn.Module):
     k_BxSxKxH = nn.with_logical_constraint(
         apply_rope(k_BxSxKxH, cos_BxSxH, sin_BxSxH), ("batch", "length", "kv_heads", "head_dim"))
     v_BxSxKxH = nn.with_logical_constraint(v_BxSxKxH, ("batch", "length", "kv_heads", "head_dim"))
-    key_mask_Bx1x1xS = attention_mask_BxS.astype(bool)[:, None, None, :]
+    if cache_index_B is None:
+      mask_Bx1xTxS = None if attention_mask_BxS is None else (
+          attention_mask_BxS.astype(bool)[:, None, None, :])
+      is_causal = True
+    else:
+      k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS = self._update_cache(
+          k_BxSxKxH, v_BxSxKxH, cache_index_B, attention_mask_BxS)
+      is_causal = False
     out_BxSxNxH = jax.nn.dot_product_attention(
-        q_BxSxNxH, k_BxSxKxH, v_BxSxKxH, mask=key_mask_Bx1x1xS, is_causal=True)
+        q_BxSxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS, is_causal=is_causal)
     out_BxSxNxH = nn.with_logical_constraint(out_BxSxNxH, ("batch", "length", "heads", "head_dim"))
     return dense(cfg.dim, (-2, -1), ("heads", "head_dim", "embed"), "wo")(out_BxSxNxH)
+
+  def _update_cache(self, k_BxTxKxH, v_BxTxKxH, cache_index_B, key_mask_BxC):
+    """Writes the new keys/values at each row's slots; returns the whole cache and the mask
+    ``[B, 1, T, C]`` (slot ``j`` visible to query ``t`` iff ``j ≤ cache_index_B[b] + t``)."""
+    names = ("batch", "length", "kv_heads", "head_dim")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k_BxTxKxH.shape, k_BxTxKxH.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v_BxTxKxH.shape, v_BxTxKxH.dtype)
+    start_B = jnp.asarray(cache_index_B, jnp.int32)
+    write = jax.vmap(lambda cache, new, i: jax.lax.dynamic_update_slice_in_dim(cache, new, i, 0))
+    cached_k.value = nn.with_logical_constraint(
+        write(cached_k.value, k_BxTxKxH.astype(cached_k.value.dtype), start_B), names)
+    cached_v.value = nn.with_logical_constraint(
+        write(cached_v.value, v_BxTxKxH.astype(cached_v.value.dtype), start_B), names)
+    n_slots, n_new = cached_k.value.shape[1], k_BxTxKxH.shape[1]
+    query_slot_BxT = start_B[:, None] + jnp.arange(n_new, dtype=jnp.int32)
+    mask_BxTxC = jnp.arange(n_slots, dtype=jnp.int32)[None, None, :] <= query_slot_BxT[:, :, None]
+    if key_mask_BxC is not None:
+      mask_BxTxC &= key_mask_BxC.astype(bool)[:, None, :]
+    return cached_k.value, cached_v.value, mask_BxTxC[:, None]
 
 
 class FeedForward(nn.Module):
@@ -128,9 +186,8 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x_BxSxD):
     cfg = self.cfg
-    dense = lambda feats, names, name: nn.Dense(
-        feats, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        kernel_init=_init(names), name=name)
+    dense = lambda feats, names, name: Projection(
+        feats, n_in=1, names=names, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
     gate_BxSxF = dense(cfg.ffn_hidden, ("embed", "mlp"), "w1")(x_BxSxD)
     up_BxSxF = dense(cfg.ffn_hidden, ("embed", "mlp"), "w3")(x_BxSxD)
     h_BxSxF = nn.with_logical_constraint(nn.silu(gate_BxSxF) * up_BxSxF, ("batch", "length", "mlp"))
@@ -142,11 +199,12 @@ class Block(nn.Module):
   cfg: BlockConfig
 
   @nn.compact
-  def __call__(self, x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS):
+  def __call__(self, x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B=None):
+    """``cache_index_B``: KV-cache mode (see ``Attention``)."""
     cfg = self.cfg
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.param_dtype, name=name)
     h_BxSxD = x_BxSxD + Attention(cfg, name="attention")(
-        norm("attention_norm")(x_BxSxD), cos_BxSxH, sin_BxSxH, attention_mask_BxS)
+        norm("attention_norm")(x_BxSxD), cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B)
     out_BxSxD = h_BxSxD + FeedForward(cfg, name="feed_forward")(norm("ffn_norm")(h_BxSxD))
     return nn.with_logical_constraint(out_BxSxD, ("batch", "length", "embed"))
 
@@ -179,6 +237,10 @@ class Unembed(nn.Module):
     return jnp.einsum("...d,dv->...v", h_BxSx___xD, kernel_DxV.astype(self.dtype))
 
 
-def default_positions(tokens_BxS):
-  """Positions ``0 … S−1`` for every row (rows are right padded, so this is exact)."""
-  return jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1]), tokens_BxS.shape)
+def default_positions(tokens_BxS, cache_index_B=None):
+  """Positions ``0 … S−1`` for every row (rows are right padded, so this is exact); in KV-cache
+  mode the cache slots ``cache_index_B[b] + 0 … S−1``."""
+  positions_BxS = jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1]), tokens_BxS.shape)
+  if cache_index_B is None:
+    return positions_BxS
+  return positions_BxS + jnp.asarray(cache_index_B, positions_BxS.dtype)[:, None]

@@ -83,7 +83,8 @@ class LlamaConfig:
     head_dim = hf.get("head_dim")
     if head_dim is not None and head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
       raise ValueError(f"{path}: head_dim={head_dim} != hidden_size / num_attention_heads")
-    fields = {f.name for f in dataclasses.fields(cls)}
+    # HF's ``dtype`` / ``torch_dtype`` is the storage dtype of the weights, not our compute dtype.
+    fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype"}
     values = {k: v for k, v in hf.items() if k in fields}
     return strict.from_dict(cls, {**values, **overrides}, where=str(path))
 
@@ -93,17 +94,20 @@ class LlamaModel(nn.Module):
   cfg: LlamaConfig
 
   @nn.compact
-  def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None):
+  def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None,
+               cache_index_B=None):
+    """``cache_index_B``: KV-cache mode, as in ``MTPTransformer``."""
     cfg, block = self.cfg, self.cfg.block
-    if attention_mask_BxS is None:
+    if attention_mask_BxS is None and cache_index_B is None:
       attention_mask_BxS = jnp.ones(tokens_BxS.shape, jnp.int32)
     if positions_BxS is None:
-      positions_BxS = layers.default_positions(tokens_BxS)
+      positions_BxS = layers.default_positions(tokens_BxS, cache_index_B)
     cos, sin = layers.rope_cos_sin(positions_BxS, block.head_dim, cfg.rope_theta)
     x_BxSxD = layers.Embed(cfg.vocab_size, cfg.hidden_size, cfg.dtype, cfg.param_dtype,
                            name="embed_tokens")(tokens_BxS)
     for i in range(cfg.num_hidden_layers):
-      x_BxSxD = layers.Block(block, name=f"layers_{i}")(x_BxSxD, cos, sin, attention_mask_BxS)
+      x_BxSxD = layers.Block(block, name=f"layers_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
+                                                          cache_index_B)
     return layers.RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name="norm")(x_BxSxD)
 
 
@@ -113,10 +117,12 @@ class LlamaForCausalLM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None,
-               return_hidden: bool = False):
-    """With ``return_hidden`` return the final-normed hidden ``[B, S, D]`` instead of logits."""
+               return_hidden: bool = False, cache_index_B=None):
+    """With ``return_hidden`` return the final-normed hidden ``[B, S, D]`` instead of logits.
+    ``cache_index_B``: KV-cache mode (generation), as in ``MTPTransformer``."""
     h_BxSxD = LlamaModel(self.cfg, name="model")(tokens_BxS, attention_mask_BxS,
-                                                  positions_BxS=positions_BxS)
+                                                  positions_BxS=positions_BxS,
+                                                  cache_index_B=cache_index_B)
     if return_hidden:
       return h_BxSxD
     logits_BxSxV = layers.Unembed(self.cfg.vocab_size, self.cfg.dtype, self.cfg.param_dtype,

@@ -79,7 +79,7 @@ class MTPTransformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None,
                heads: int | None = None, return_hidden: bool = False,
-               return_trunk_hidden: bool = False):
+               return_trunk_hidden: bool = False, cache_index_B=None):
     """Run the model.
 
     Args:
@@ -91,6 +91,12 @@ class MTPTransformer(nn.Module):
         logits (for the memory-efficient loss, which multiplies by ``output/kernel`` blockwise).
       return_trunk_hidden: also return the final-normed trunk output ``[B, S, D]`` (the input of a
         shared value head).
+      cache_index_B: KV-cache mode (generation; ``layers.Attention``): int ``[B]``, the cache slot
+        of each row's first token. ``tokens_BxS`` are then new tokens written into the ``cache``
+        collection (apply with ``mutable=["cache"]``) of every block that runs (the trunk and the
+        first ``heads`` heads), ``attention_mask_BxS`` is an optional key mask over the cache slots
+        and ``positions_BxS`` default to the slots. ``wmtp_jax.generate.init_cache`` builds the
+        cache.
 
     Returns:
       ``logits [B, S, n, V]`` (or hidden ``[B, S, n, D]``), and with ``return_trunk_hidden`` a pair
@@ -102,18 +108,20 @@ class MTPTransformer(nn.Module):
     n = cfg.n_future_tokens if heads is None else heads
     if not 1 <= n <= cfg.n_future_tokens:
       raise ValueError(f"heads={heads} must be in [1, n_future_tokens={cfg.n_future_tokens}]")
-    if attention_mask_BxS is None:
+    if attention_mask_BxS is None and cache_index_B is None:
       attention_mask_BxS = jnp.ones(tokens_BxS.shape, jnp.int32)
     if positions_BxS is None:
-      positions_BxS = layers.default_positions(tokens_BxS)
+      positions_BxS = layers.default_positions(tokens_BxS, cache_index_B)
     cos, sin = layers.rope_cos_sin(positions_BxS, block.head_dim, cfg.rope_theta)
 
     x_BxSxD = layers.Embed(cfg.vocab_size, cfg.dim, cfg.dtype, cfg.param_dtype,
                            name="tok_embeddings")(tokens_BxS)
     for i in range(cfg.n_trunk_layers):
-      x_BxSxD = layers.Block(block, name=f"trunk_{i}")(x_BxSxD, cos, sin, attention_mask_BxS)
+      x_BxSxD = layers.Block(block, name=f"trunk_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
+                                                        cache_index_B)
     heads_BxSxNxD = jnp.stack(
-        [layers.Block(block, name=f"head_{k}")(x_BxSxD, cos, sin, attention_mask_BxS)
+        [layers.Block(block, name=f"head_{k}")(x_BxSxD, cos, sin, attention_mask_BxS,
+                                                cache_index_B)
          for k in range(n)], axis=-2)
     norm = layers.RMSNorm(cfg.norm_eps, cfg.param_dtype, name="norm")
     hidden_BxSxNxD = nn.with_logical_constraint(

@@ -1,0 +1,39 @@
+"""Evaluation: benchmarks (HumanEval, MBPP, CodeContests, GSM8K, the synthetic task), sandboxed
+scoring, the unbiased pass@k estimator, per-head metrics and the ``evaluate`` pipeline.
+
+* ``evaluate_problems(model, params, tokenizer, problems, …) -> {"summary", "per_problem",
+  "samples"}``: generate (``wmtp_jax.generate``; optionally self-speculative) and score.
+* ``run(config, workdir)``: the ``evaluate`` pipeline (``configs/evaluate.py``).
+* ``score_completions(problems, completions, …)``: sandboxed verdicts; ``python -m
+  wmtp_jax.eval.score``: score a JSONL of completions produced by any model.
+
+The JAX-dependent parts load on first use, so ``score`` stays a light CLI.
+"""
+
+from wmtp_jax.eval.benchmarks import (BENCHMARKS, PROMPT_STYLES, extract_answer, load_problems,
+                                      outputs_match)
+from wmtp_jax.eval.benchmarks import score as score_completions
+from wmtp_jax.eval.passk import DEFAULT_KS, aggregate, pass_at_k
+
+
+def evaluate_problems(model, params, tokenizer, problems, **kwargs) -> dict:
+  """See ``wmtp_jax.eval.runner.evaluate_problems``."""
+  from wmtp_jax.eval import runner  # pylint: disable=import-outside-toplevel
+  return runner.evaluate_problems(model, params, tokenizer, problems, **kwargs)
+
+
+def run(config, workdir) -> dict:
+  """See ``wmtp_jax.eval.runner.run``."""
+  from wmtp_jax.eval import runner  # pylint: disable=import-outside-toplevel
+  return runner.run(config, workdir)
+
+
+def head_metrics(model, params, batches) -> dict:
+  """See ``wmtp_jax.eval.runner.head_metrics``."""
+  from wmtp_jax.eval import runner  # pylint: disable=import-outside-toplevel
+  return runner.head_metrics(model, params, batches)
+
+
+__all__ = ["BENCHMARKS", "DEFAULT_KS", "PROMPT_STYLES", "aggregate", "evaluate_problems",
+           "extract_answer", "head_metrics", "load_problems", "outputs_match", "pass_at_k", "run",
+           "score_completions"]

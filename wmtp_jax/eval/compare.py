@@ -1,0 +1,40 @@
+"""After training a policy: held-out pass@1 of the trained model next to the untrained one.
+
+Greedy generation on ``config.evaluate.split`` problems of the run's dataset (the synthetic task's
+held-out problems by default), programs scored in the sandbox. The untrained model is the
+model the run started from (``config.init.checkpoint`` or the seeded random initialisation).
+"""
+
+import logging
+import pathlib
+
+from wmtp_jax import mesh as mesh_lib, objectives, pretrained, train
+from wmtp_jax.data import records, run_data
+from wmtp_jax.eval import runner
+
+log = logging.getLogger("wmtp_jax")
+
+
+def trained_vs_untrained(config, run_dir: pathlib.Path) -> dict:
+  """``{"untrained": summary, "trained": summary}`` (``pass@1``, ``n_problems``, …)."""
+  e = config.evaluate
+  objective = objectives.build(config)
+  dataset = run_data.dataset_dir(config.data)
+  problems_path = dataset / f"{e.split}.problems.jsonl"
+  if not problems_path.is_file():
+    raise FileNotFoundError(f"config.evaluate.split={e.split!r}: {problems_path} does not exist")
+  problems = records.read_problems(problems_path)[:e.max_problems]
+  tokenizer = pretrained.load_tokenizer(run_dir / train.EXPORT_DIR)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = mesh_lib.as_rules(config.mesh.rules)
+  _, trained = pretrained.load_pretrained(run_dir / train.EXPORT_DIR)
+  untrained = train.initial_params(config, objective, mesh, rules)
+  report = {}
+  for name, params in (("untrained", untrained), ("trained", trained)):
+    result = runner.evaluate_problems(objective.model, params, tokenizer, problems,
+                                      max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                                      seed=config.seed)
+    report[name] = result["summary"]
+  print(f"held-out pass@1 on {len(problems)} {e.split} problems: untrained "
+        f"{report['untrained']['pass@1']:.3f}, trained {report['trained']['pass@1']:.3f}")
+  return report

@@ -1,0 +1,428 @@
+"""Autoregressive generation with a preallocated KV cache: jitted prefill + ``lax.while_loop`` decode.
+
+Works on an ``MTPTransformer`` (next-token head 0; with ``draft_heads > 0`` the other heads draft
+and head 0 verifies, see ``wmtp_jax.speculative``) and on a ``LlamaForCausalLM``.
+
+Shapes are static so the number of compilations is bounded: prompts are sorted by length, cut into
+batches of exactly ``batch_size`` rows (the last one padded with dummy rows) and right-padded to a
+**bucket** length ``P`` (the smallest of ``buckets`` that fits the batch's longest prompt). The
+cache holds ``C = P + max_new_tokens + draft_heads`` slots. Prefill and decode compile once per
+``(batch_size, P)``.
+
+Layout (B rows, cache slots per row; ``layers.Attention`` KV-cache mode): row ``b``'s prompt fills
+slots ``0 … len_b − 1``; the generated token ``i`` (0-based) goes to slot ``len_b + i``; each row
+has its own write index, so prompts need no left padding and positions are the slots, exactly as
+in a full forward pass over the unpadded sequence. Slots past a row's own are never attended to.
+
+Decode state (a dict pytree): ``cache``; ``out [B, max_new + k + 1]`` generated tokens;
+``n_gen [B]`` how many are valid; ``last [B]`` the newest token (not yet in the cache, its slot is
+``len_b + n_gen − 1``); ``done [B]`` (EOS, ``max_new_tokens`` or a stop sequence); ``drafts`` /
+``draft_probs`` (speculative); ``rng``; ``steps`` / ``row_steps`` / ``row_tokens`` counters.
+
+Sampling: greedy (``temperature == 0``; deterministic), or temperature + nucleus (top-p). Stop
+sequences (strings) are checked on the host between chunks of ``stop_check_every`` decode steps;
+the texts are cut at the first stop sequence afterwards (``truncate_at_stop``).
+"""
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wmtp_jax.llama import LlamaForCausalLM
+from wmtp_jax.mtp import MTPTransformer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How the next token is chosen: greedy when ``temperature == 0``, else temperature + top-p."""
+  temperature: float = 0.0
+  top_p: float = 1.0
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"temperature={self.temperature} must be ≥ 0")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0.0
+
+  @property
+  def nucleus(self) -> bool:
+    return self.top_p < 1.0
+
+
+class _Knobs(NamedTuple):
+  """``Sampling`` inside the jitted functions: the mode is static (one compilation per mode),
+  ``temperature`` and ``top_p`` are traced (no recompilation when they change)."""
+  greedy: bool
+  nucleus: bool
+  temperature: Any
+  top_p: Any
+
+
+# ----------------------------------------------------------------------------------- the model
+
+
+class ModelAdapter:
+  """One interface over ``MTPTransformer`` (``n`` heads) and ``LlamaForCausalLM`` (one head)."""
+
+  def __init__(self, model):
+    if isinstance(model, MTPTransformer):
+      self.is_mtp, self.n_heads = True, model.cfg.n_future_tokens
+      self.max_seq_len, self.kernel_path = model.cfg.max_seq_len, ("output", "kernel")
+    elif isinstance(model, LlamaForCausalLM):
+      self.is_mtp, self.n_heads = False, 1
+      self.max_seq_len = model.cfg.max_position_embeddings
+      self.kernel_path = ("lm_head", "kernel")
+    else:
+      raise TypeError(f"generation needs an MTPTransformer or a LlamaForCausalLM, got "
+                      f"{type(model).__name__}")
+    self.model, self.vocab_size, self.dtype = model, model.cfg.vocab_size, model.cfg.dtype
+
+  def _kwargs(self, heads: int) -> dict:
+    if not self.is_mtp:
+      if heads != 1:
+        raise ValueError(f"a LlamaForCausalLM has one head, {heads} were asked for")
+      return {}
+    return {"heads": heads}
+
+  def forward(self, params, cache, tokens_BxT, cache_index_B, *, heads: int,
+              return_hidden: bool = False):
+    """``(logits [B, T, heads, V] | hidden [B, T, heads, D], new cache)`` in KV-cache mode."""
+    out, variables = self.model.apply(
+        {"params": params, "cache": cache}, tokens_BxT, None, cache_index_B=cache_index_B,
+        return_hidden=return_hidden, mutable=["cache"], **self._kwargs(heads))
+    if not self.is_mtp:
+      out = out[:, :, None]
+    return out, variables["cache"]
+
+  def unembed(self, params, hidden):
+    """Logits of final-normed hidden states ``[..., D]`` (the model's own output projection)."""
+    kernel = params[self.kernel_path[0]][self.kernel_path[1]]
+    return jnp.einsum("...d,dv->...v", hidden.astype(self.dtype), kernel.astype(self.dtype))
+
+  def init_cache(self, batch_size: int, cache_len: int, *, heads: int):
+    """Zero caches ``[B, cache_len, K, H]`` of every block that runs with ``heads`` heads."""
+    def init():
+      return self.model.init(jax.random.key(0), jnp.zeros((batch_size, cache_len), jnp.int32),
+                             cache_index_B=jnp.zeros((batch_size,), jnp.int32),
+                             **self._kwargs(heads))["cache"]
+    shapes = jax.eval_shape(init)
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def init_cache(model, batch_size: int, cache_len: int, *, heads: int = 1):
+  """The zero KV cache (``cache`` collection) of ``model`` for ``batch_size`` rows of
+  ``cache_len`` slots, for the trunk and the first ``heads`` heads."""
+  return ModelAdapter(model).init_cache(batch_size, cache_len, heads=heads)
+
+
+# ----------------------------------------------------------------------------------- sampling
+
+
+def warp_probs(logits, sampling: "Sampling | _Knobs"):
+  """Next-token probabilities (fp32) after temperature and nucleus (top-p) filtering."""
+  logits = logits.astype(jnp.float32)
+  if sampling.greedy:
+    return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=jnp.float32)
+  probs = jax.nn.softmax(logits / sampling.temperature, axis=-1)
+  if sampling.nucleus:
+    sorted_desc = -jnp.sort(-probs, axis=-1)
+    # Keep the smallest set of most likely tokens whose mass reaches top_p (at least one).
+    keep_sorted = (jnp.cumsum(sorted_desc, axis=-1) - sorted_desc) < sampling.top_p
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    probs = jnp.where(probs >= threshold, probs, 0.0)
+    probs = probs / jnp.sum(probs, axis=-1, keepdims=True)
+  return probs
+
+
+def sample_token(rng, logits, sampling: "Sampling | _Knobs"):
+  """One token per row of ``logits [..., V]`` (argmax when greedy)."""
+  if sampling.greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return sample_from(rng, warp_probs(logits, sampling))
+
+
+def sample_from(rng, probs):
+  """A token per row of ``probs [..., V]``."""
+  return jax.random.categorical(rng, jnp.log(probs), axis=-1).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------------- the state
+
+
+def _write_rows(buffer_BxL, values_BxT, start_B, active_B):
+  """``buffer[b, start[b] : start[b] + T] = values[b]`` for active rows."""
+  written = jax.vmap(lambda buf, val, i: jax.lax.dynamic_update_slice_in_dim(buf, val, i, 0))(
+      buffer_BxL, values_BxT.astype(buffer_BxL.dtype), start_B)
+  return jnp.where(active_B[:, None], written, buffer_BxL)
+
+
+def _finish(state, new_BxT, count_B, active_B, max_new: int):
+  """Appends the first ``count_B`` of ``new_BxT`` to active rows, cut after an EOS and at
+  ``max_new``; returns the updated ``(out, n_gen, done, accepted_count)``."""
+  t = jnp.arange(new_BxT.shape[1])[None, :]
+  is_eos = (new_BxT == state["eos_id"]) & (t < count_B[:, None])
+  first_eos = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1), new_BxT.shape[1])
+  count = jnp.minimum(jnp.minimum(count_B, first_eos + 1), max_new - state["n_gen"])
+  out = _write_rows(state["out"], new_BxT, state["n_gen"], active_B)
+  n_gen = state["n_gen"] + jnp.where(active_B, count, 0)
+  done = state["done"] | (active_B & (is_eos.any(-1) | (n_gen >= max_new)))
+  return out, n_gen, done, jnp.where(active_B, count, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  """Static description of one compiled generator."""
+  greedy: bool
+  nucleus: bool
+  max_new: int
+  draft_heads: int
+  cache_len: int
+
+  @property
+  def heads(self) -> int:
+    return 1 + self.draft_heads
+
+  def knobs(self, state) -> _Knobs:
+    return _Knobs(self.greedy, self.nucleus, state["temperature"], state["top_p"])
+
+
+def _prefill(adapter: ModelAdapter, spec: _Spec, params, prompts_BxP, lengths_B, n_rows, rng,
+             temperature, top_p, eos_id):
+  """Runs the prompts, samples the first token (and drafts); returns the decode state. Rows
+  ``n_rows …`` are dummies (done from the start)."""
+  batch = prompts_BxP.shape[0]
+  k = spec.draft_heads
+  cache = adapter.init_cache(batch, spec.cache_len, heads=spec.heads)
+  hidden, cache = adapter.forward(params, cache, prompts_BxP, jnp.zeros((batch,), jnp.int32),
+                                  heads=spec.heads, return_hidden=True)
+  last_hidden_BxhxD = jnp.take_along_axis(hidden, (lengths_B - 1)[:, None, None, None], 1)[:, 0]
+  logits_BxhxV = adapter.unembed(params, last_hidden_BxhxD)
+  rng, first_rng, draft_rng = jax.random.split(rng, 3)
+  state = dict(
+      temperature=jnp.asarray(temperature, jnp.float32), top_p=jnp.asarray(top_p, jnp.float32),
+      eos_id=jnp.asarray(eos_id, jnp.int32),
+      cache=cache, out=jnp.zeros((batch, spec.max_new + k + 1), jnp.int32),
+      n_gen=jnp.zeros((batch,), jnp.int32), done=jnp.zeros((batch,), bool),
+      lengths=lengths_B, rng=rng, steps=jnp.int32(0), row_steps=jnp.zeros((batch,), jnp.int32),
+      row_tokens=jnp.zeros((batch,), jnp.int32))
+  first_B = sample_token(first_rng, logits_BxhxV[:, 0], spec.knobs(state))
+  real_B = jnp.arange(batch) < n_rows
+  out, n_gen, done, _ = _finish(state, first_B[:, None], jnp.ones((batch,), jnp.int32), real_B,
+                                spec.max_new)
+  state.update(out=out, n_gen=n_gen, done=done | ~real_B, last=first_B)
+  if k:
+    from wmtp_jax import speculative  # pylint: disable=import-outside-toplevel
+    state.update(speculative.draft(spec.knobs(state), logits_BxhxV[:, 1:], draft_rng))
+  return state
+
+
+def _plain_step(adapter: ModelAdapter, spec: _Spec, params, state):
+  """One token per active row from head 0."""
+  active = ~state["done"]
+  slot_B = state["lengths"] + state["n_gen"] - 1
+  logits, cache = adapter.forward(params, state["cache"], state["last"][:, None], slot_B, heads=1)
+  rng, step_rng = jax.random.split(state["rng"])
+  next_B = sample_token(step_rng, logits[:, 0, 0], spec.knobs(state))
+  out, n_gen, done, count = _finish(state, next_B[:, None], jnp.ones_like(next_B), active,
+                                    spec.max_new)
+  return {**state, "cache": cache, "out": out, "n_gen": n_gen, "done": done, "rng": rng,
+          "last": jnp.where(active, next_B, state["last"]), "steps": state["steps"] + 1,
+          "row_steps": state["row_steps"] + active, "row_tokens": state["row_tokens"] + count}
+
+
+def _decode(adapter: ModelAdapter, spec: _Spec, params, state, until_steps):
+  """Decode steps until every row is done or ``steps == until_steps``."""
+  if spec.draft_heads:
+    from wmtp_jax import speculative  # pylint: disable=import-outside-toplevel
+    step = functools.partial(speculative.step, adapter, spec, params)
+  else:
+    step = functools.partial(_plain_step, adapter, spec, params)
+  cond = lambda s: jnp.any(~s["done"]) & (s["steps"] < until_steps)
+  return jax.lax.while_loop(cond, step, state)
+
+
+# ----------------------------------------------------------------------------------- the API
+
+
+@dataclasses.dataclass
+class Generation:
+  """Output of ``generate``: per prompt, in input order.
+
+  Attributes:
+    tokens: the generated token ids (up to and including EOS when one was generated).
+    finished_by: ``"eos"``, ``"stop"`` (a stop sequence) or ``"length"`` per prompt.
+    stats: ``tokens`` generated, ``seconds`` (wall, compilation included), ``tokens_per_s``,
+      ``decode_steps`` (model calls after prefill, summed over rows), ``mean_accepted_length``
+      (tokens per model call and row; 1 for plain decoding), ``compiles`` (prefill and decode
+      functions compiled by this call).
+  """
+  tokens: list[list[int]]
+  finished_by: list[str]
+  stats: dict[str, float]
+
+
+class Generator:
+  """Jitted generation for one model; compiled functions are reused across calls.
+
+  Args:
+    model: ``MTPTransformer`` or ``LlamaForCausalLM``.
+    draft_heads: 0 for plain decoding with head 0; ``k ≥ 1`` for self-speculative decoding with
+      heads ``1 … k`` drafting (MTP only, ``k < n_future_tokens``).
+    mesh, rules: run under this mesh and logical-axis rules (the params are expected to be laid
+      out on the mesh already); the batch is split over the ``batch`` axis.
+  """
+
+  def __init__(self, model, *, draft_heads: int = 0, mesh=None, rules=()):
+    self.adapter = ModelAdapter(model)
+    if not 0 <= draft_heads < self.adapter.n_heads:
+      raise ValueError(f"draft_heads={draft_heads}: the model has {self.adapter.n_heads} head(s), "
+                       f"so at most {self.adapter.n_heads - 1} can draft")
+    self.draft_heads, self.mesh, self.rules = draft_heads, mesh, tuple(rules)
+    self._jitted: dict[_Spec, tuple[Any, Any]] = {}
+    self._shapes: set = set()
+    self._warned_length = False
+
+  def _functions(self, spec: _Spec):
+    if spec not in self._jitted:
+      self._jitted[spec] = (
+          jax.jit(functools.partial(_prefill, self.adapter, spec)),
+          jax.jit(functools.partial(_decode, self.adapter, spec), donate_argnums=(1,)))
+    return self._jitted[spec]
+
+  def _context(self) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    if self.mesh is not None:
+      stack.enter_context(jax.set_mesh(self.mesh))
+      stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_id: int,
+               sampling: Sampling = Sampling(), batch_size: int = 16, seed: int = 0,
+               pad_id: int = 0, stop: Sequence[str] = (), decode_fn=None,
+               stop_check_every: int = 16, buckets: Sequence[int] = DEFAULT_BUCKETS
+               ) -> Generation:
+    """Generates a continuation of every prompt (lists of token ids, BOS included if wanted).
+
+    ``params``: the model's params tree (LoRA merged).
+
+    ``stop`` sequences need ``decode_fn(ids) -> str``; rows are finished on the host when one
+    appears (checked every ``stop_check_every`` steps). Greedy output does not depend on
+    ``batch_size``, the order of the prompts or ``seed``.
+    """
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens} must be ≥ 1")
+    if batch_size < 1:
+      raise ValueError(f"batch_size={batch_size} must be ≥ 1")
+    if stop and decode_fn is None:
+      raise ValueError("stop sequences need decode_fn")
+    prompts = [list(map(int, p)) for p in prompts]
+    if any(not p for p in prompts):
+      raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    # One cache length per call (the longest prompt's bucket): decode compiles once, prefill once
+    # per bucket.
+    longest = _bucket(max(map(len, prompts)), buckets)
+    spec = _Spec(sampling.greedy, sampling.nucleus, int(max_new_tokens), self.draft_heads,
+                 longest + int(max_new_tokens) + self.draft_heads)
+    self._check_length(max(map(len, prompts)) + int(max_new_tokens))
+    prefill, decode = self._functions(spec)
+    params = nn.meta.unbox(params)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    tokens: list[list[int]] = [[] for _ in prompts]
+    finished_by = ["length"] * len(prompts)
+    totals = dict(tokens=0, decode_steps=0, decode_tokens=0, compiles=0)
+    rng = jax.random.key(seed)
+    start = time.perf_counter()
+    with self._context():
+      for batch_no, first in enumerate(range(0, len(order), batch_size)):
+        rows = order[first:first + batch_size]
+        lengths = np.asarray([len(prompts[i]) for i in rows]
+                             + [1] * (batch_size - len(rows)), np.int32)
+        prompt_len = _bucket(int(lengths.max()), buckets)
+        batch = np.full((batch_size, prompt_len), pad_id, np.int32)
+        for r, i in enumerate(rows):
+          batch[r, :len(prompts[i])] = prompts[i]
+        for key in (("prefill", batch_size, prompt_len, spec), ("decode", batch_size, spec)):
+          totals["compiles"] += key not in self._shapes
+          self._shapes.add(key)
+        state = prefill(params, batch, lengths, len(rows), jax.random.fold_in(rng, batch_no),
+                        sampling.temperature, sampling.top_p, eos_id)
+        chunk = stop_check_every if stop else max_new_tokens
+        stopped = np.zeros(batch_size, bool)
+        until = 0
+        while True:
+          until += chunk
+          state = decode(params, state, until)
+          done = np.array(state["done"])
+          if stop:
+            out, n_gen = np.asarray(state["out"]), np.asarray(state["n_gen"])
+            for r in range(len(rows)):
+              if not done[r] and any(s in decode_fn(out[r, :n_gen[r]].tolist()) for s in stop):
+                done[r] = stopped[r] = True
+            state["done"] = jnp.asarray(done)
+          if done.all():
+            break
+        out, n_gen = np.asarray(state["out"]), np.asarray(state["n_gen"])
+        row_steps, row_tokens = np.asarray(state["row_steps"]), np.asarray(state["row_tokens"])
+        for r, i in enumerate(rows):
+          tokens[i] = out[r, :n_gen[r]].tolist()
+          finished_by[i] = ("stop" if stopped[r] else
+                            "eos" if tokens[i] and tokens[i][-1] == eos_id else "length")
+        totals["tokens"] += int(n_gen[:len(rows)].sum())
+        totals["decode_steps"] += int(row_steps[:len(rows)].sum())
+        totals["decode_tokens"] += int(row_tokens[:len(rows)].sum())
+    seconds = time.perf_counter() - start
+    stats = dict(tokens=totals["tokens"], seconds=seconds,
+                 tokens_per_s=totals["tokens"] / max(seconds, 1e-9),
+                 decode_steps=totals["decode_steps"],
+                 mean_accepted_length=(totals["decode_tokens"] / totals["decode_steps"]
+                                       if totals["decode_steps"] else float("nan")),
+                 compiles=totals["compiles"])
+    return Generation(tokens=tokens, finished_by=finished_by, stats=stats)
+
+  def _check_length(self, needed: int) -> None:
+    if needed > self.adapter.max_seq_len and not self._warned_length:
+      self._warned_length = True
+      log.warning("generation reaches position %d, past the model's max_seq_len %d", needed,
+                  self.adapter.max_seq_len)
+
+  __call__ = generate
+
+
+def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             eos_id: int, temperature: float = 0.0, top_p: float = 1.0, draft_heads: int = 0,
+             **kwargs) -> Generation:
+  """One-shot ``Generator(model, draft_heads=…)(params, prompts, …)`` (see ``Generator.generate``)."""
+  generator = Generator(model, draft_heads=draft_heads)
+  return generator(params, prompts, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                   sampling=Sampling(temperature, top_p), **kwargs)
+
+
+def _bucket(length: int, buckets: Sequence[int]) -> int:
+  fitting = [b for b in buckets if b >= length]
+  if not fitting:
+    raise ValueError(f"a prompt of {length} tokens is longer than the largest bucket "
+                     f"{max(buckets)}")
+  return min(fitting)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+  """``text`` up to (excluding) the earliest occurrence of any stop sequence."""
+  cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+  return text[:cut]

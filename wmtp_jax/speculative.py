@@ -1,0 +1,88 @@
+"""Self-speculative decoding with the MTP heads (Gloeckle et al. 2024; Stern et al. 2018).
+
+Heads ``1 … k`` draft the ``k`` tokens after the newest one, head 0 verifies them in **one** forward
+pass, and the longest agreeing prefix is accepted, plus one token from head 0 itself:
+
+    input   last  d_1  d_2 … d_k          (cache slots s … s + k; every block that runs writes its
+    head 0  g_0   g_1  g_2 … g_k           keys/values there: the trunk and heads 0 … k)
+    accept  d_j while d_j == g_{j−1}; with a accepted, emit g_0 … g_a (= d_1 … d_a, g_a)
+    next    last = g_a at slot s + a + 1; drafts = heads 1 … k at position a
+
+Slots ``s + a + 1 … s + k`` then hold the keys/values of rejected drafts; the next pass writes its
+``k + 1`` tokens from slot ``s + a + 1`` on, over them, and causal masking by slot keeps them from
+ever being read before that, so the cache of every head stays consistent. Greedy output is
+token-for-token that of plain greedy decoding with head 0 (up to floating-point ties).
+
+With sampling (temperature / top-p) drafts are sampled from the draft heads' warped distributions
+``q`` and verified with speculative sampling (Leviathan et al. 2023; Chen et al. 2023): accept
+``d_j`` with probability ``min(1, p_{j−1}(d_j) / q_j(d_j))``, on the first rejection sample from
+``norm(max(0, p − q))``, after ``k`` acceptances sample the extra token from ``p_k``; the output is
+distributed as plain sampling from head 0.
+
+Cost per pass: the trunk and ``k + 1`` head blocks on ``k + 1`` tokens, for ``1 … k + 1`` tokens
+(``mean_accepted_length`` in ``Generation.stats``).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from wmtp_jax import generate as gen
+
+
+def draft(sampling: "gen.Sampling | gen._Knobs", draft_logits_BxkxV, rng) -> dict:
+  """``drafts [B, k]`` from the draft heads' logits (and ``draft_probs`` when sampling)."""
+  if sampling.greedy:
+    return {"drafts": jnp.argmax(draft_logits_BxkxV, -1).astype(jnp.int32)}
+  probs = gen.warp_probs(draft_logits_BxkxV, sampling)
+  return {"drafts": gen.sample_from(rng, probs), "draft_probs": probs}
+
+
+def _at(x_BxTx___, index_B):
+  """``x[b, index[b]]``."""
+  index = index_B.reshape((-1,) + (1,) * (x_BxTx___.ndim - 1))
+  return jnp.take_along_axis(x_BxTx___, index, axis=1)[:, 0]
+
+
+def step(adapter: "gen.ModelAdapter", spec: "gen._Spec", params, state):
+  """One verify-and-draft pass for every active row (the ``lax.while_loop`` body)."""
+  k = spec.draft_heads
+  batch = state["last"].shape[0]
+  active = ~state["done"]
+  slot_B = state["lengths"] + state["n_gen"] - 1
+  tokens_BxT = jnp.concatenate([state["last"][:, None], state["drafts"]], axis=1)
+  logits_BxTxhxV, cache = adapter.forward(params, state["cache"], tokens_BxT, slot_B,
+                                          heads=k + 1)
+  head0_BxTxV = logits_BxTxhxV[:, :, 0]
+  rng, accept_rng, fix_rng, draft_rng = jax.random.split(state["rng"], 4)
+  drafts_Bxk = state["drafts"]
+  knobs = spec.knobs(state)
+  if spec.greedy:
+    verified_BxT = jnp.argmax(head0_BxTxV, -1).astype(jnp.int32)
+    agree_Bxk = drafts_Bxk == verified_BxT[:, :k]
+    accepted_B = jnp.sum(jnp.cumprod(agree_Bxk, axis=1), axis=1).astype(jnp.int32)
+    new_BxT = verified_BxT  # g_t == d_{t+1} for t < a
+  else:
+    p_BxTxV = gen.warp_probs(head0_BxTxV, knobs)
+    q_BxkxV = state["draft_probs"]
+    p_d = jnp.take_along_axis(p_BxTxV[:, :k], drafts_Bxk[..., None], -1)[..., 0]
+    q_d = jnp.take_along_axis(q_BxkxV, drafts_Bxk[..., None], -1)[..., 0]
+    u = jax.random.uniform(accept_rng, (batch, k))
+    accepted_B = jnp.sum(jnp.cumprod(u * q_d < p_d, axis=1), axis=1).astype(jnp.int32)
+    p_a = _at(p_BxTxV, accepted_B)
+    q_next = _at(jnp.concatenate([q_BxkxV, jnp.zeros_like(q_BxkxV[:, :1])], 1), accepted_B)
+    residual = jnp.maximum(p_a - q_next, 0.0)
+    mass = jnp.sum(residual, -1, keepdims=True)
+    residual = jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), p_a)
+    fix_B = gen.sample_from(fix_rng, residual)
+    t = jnp.arange(k + 1)[None, :]
+    padded_drafts = jnp.concatenate([drafts_Bxk, drafts_Bxk[:, :1]], axis=1)
+    new_BxT = jnp.where(t < accepted_B[:, None], padded_drafts, fix_B[:, None])
+  out, n_gen, done, count = gen._finish(state, new_BxT, accepted_B + 1, active,  # pylint: disable=protected-access
+                                        spec.max_new)
+  next_drafts = draft(knobs, _at(logits_BxTxhxV, accepted_B)[:, 1:], draft_rng)
+  keep = lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+  return {**state, "cache": cache, "out": out, "n_gen": n_gen, "done": done, "rng": rng,
+          "last": keep(_at(new_BxT, accepted_B), state["last"]),
+          **{name: keep(value, state[name]) for name, value in next_drafts.items()},
+          "steps": state["steps"] + 1, "row_steps": state["row_steps"] + active,
+          "row_tokens": state["row_tokens"] + count}
