@@ -11,8 +11,8 @@ from wmtp_jax.llama import LlamaConfig
 from wmtp_jax.mtp import MTPConfig
 
 MTP_PRESETS: dict[str, dict[str, Any]] = {
-    # A few layers and small dims: trains on a laptop CPU in minutes.
-    "tiny": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=512, multiple_of=32,
+    # A few layers and small dims (4 trunk blocks + 4 heads): trains on a laptop CPU in minutes.
+    "tiny": dict(dim=128, n_layers=8, n_heads=4, n_kv_heads=4, vocab_size=512, multiple_of=32,
                  ffn_dim_multiplier=1.0, norm_eps=1e-5, rope_theta=10000.0, n_future_tokens=4,
                  max_seq_len=256),
     # Meta's 7B_1T_4 (params.json numbers; max_seq_len is not in the file).

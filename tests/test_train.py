@@ -1,0 +1,278 @@
+"""The train loop: every pipeline end to end, objectives' equivalences, accumulation, resume, LoRA."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from wmtp_jax import (lora, main as main_lib, mesh as mesh_lib, objectives, pretrained, run_config,
+                      train)
+from wmtp_jax.data import run_data
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _setup(config, tmp_path, *, steps=None):
+  """``(state, setup, batches)`` with the first batches of the run's data."""
+  objective = objectives.build(config)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = mesh_lib.as_rules(config.mesh.rules)
+  data = run_data.build(config, objective, tmp_path)
+  state, setup, _ = train.build_state(config, objective, mesh, rules, steps or config.train.steps)
+  it = iter(data.train)
+  batches = [data.to_global(next(it), setup.batch_sharding) for _ in range(2)]
+  return state, setup, batches
+
+
+def _step_fn(setup, config):
+  return jax.jit(lambda s, b: train.train_step(setup, config.train.grad_accum, s, setup.frozen_base,
+                                               setup.frozen_models, b))
+
+
+def _with_critic(config, tmp_path):
+  """Point a verifiable config at a freshly trained (2-step) critic."""
+  critic = config.critic.run
+  critic.train.steps = 2
+  train.run(critic, tmp_path / "critic")
+  config.critic.checkpoint = str(tmp_path / "critic")
+  return config
+
+
+def _with_reference(config, tmp_path):
+  ref = config.reference.run
+  ref.train.steps = 2
+  train.run(ref, tmp_path / "reference")
+  config.reference.checkpoint = str(tmp_path / "reference")
+  return config
+
+
+@pytest.mark.parametrize("pipeline", ["baseline", "critic", "verifiable", "rho1", "ref_tuning"])
+def test_each_pipeline_overfits_a_fixed_batch(pipeline, small_dataset, tmp_path):
+  config = tiny_config(pipeline, small_dataset)
+  if pipeline == "verifiable":
+    _with_critic(config, tmp_path)
+  if pipeline == "rho1":
+    _with_reference(config, tmp_path)
+  config.optim.warmup_steps = 0
+  config.optim.lr = 1e-2  # allowed to overfit
+  state, setup, batches = _setup(config, tmp_path, steps=30)
+  step = _step_fn(setup, config)
+  losses = []
+  for _ in range(20):
+    state, metrics = step(state, batches[0])
+    losses.append(float(metrics["step_loss"]))
+  assert np.all(np.isfinite(losses)), losses
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_all_ones_weights_equal_baseline(small_dataset, tmp_path):
+  base_cfg = tiny_config("baseline", small_dataset)
+  state, setup, batches = _setup(base_cfg, tmp_path)
+  _, base_metrics = _step_fn(setup, base_cfg)(state, batches[0])
+
+  ver_cfg = _with_critic(tiny_config("verifiable", small_dataset), tmp_path)
+  ver_cfg.weighting.min_weight = ver_cfg.weighting.max_weight = 1.0  # every weight clipped to 1
+  rho_cfg = _with_reference(tiny_config("rho1", small_dataset), tmp_path)
+  rho_cfg.rho1.k_percent = 1.0  # every valid term selected
+  for cfg in (ver_cfg, rho_cfg):
+    st, su, bs = _setup(cfg, tmp_path)
+    new_state, metrics = _step_fn(su, cfg)(st, bs[0])
+    assert float(metrics["step_loss"]) == float(base_metrics["step_loss"])
+    assert float(metrics["grad_norm"]) == float(base_metrics["grad_norm"])
+
+
+@pytest.mark.parametrize("pipeline", ["baseline", "verifiable"])
+def test_gradient_accumulation_equals_one_large_batch(pipeline, small_dataset, tmp_path):
+  config = tiny_config(pipeline, small_dataset)
+  if pipeline == "verifiable":
+    _with_critic(config, tmp_path)
+  state, setup, batches = _setup(config, tmp_path)
+  one = jax.jit(lambda s, b: train.loss_and_grads(setup, s, setup.frozen_base,
+                                                  setup.frozen_models, b, 1))(state, batches[0])
+  four = jax.jit(lambda s, b: train.loss_and_grads(setup, s, setup.frozen_base,
+                                                   setup.frozen_models, b, 4))(state, batches[0])
+  np.testing.assert_allclose(four[0], one[0], rtol=1e-5, atol=1e-6)
+  for g4, g1 in zip(jax.tree_util.tree_leaves(four[1]), jax.tree_util.tree_leaves(one[1])):
+    np.testing.assert_allclose(g4, g1, rtol=1e-4, atol=1e-6)
+  if pipeline == "verifiable":  # the EMA update sees the moments of the whole batch
+    for a, b in zip(jax.tree_util.tree_leaves(four[3]), jax.tree_util.tree_leaves(one[3])):
+      np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_nonfinite_step_is_skipped_and_counted(small_dataset, tmp_path):
+  config = tiny_config("baseline", small_dataset)
+  state, setup, batches = _setup(config, tmp_path)
+  before = jax.device_get(state.trainable)
+  leaf = ("params", "norm", "weight")
+  flat = flax.traverse_util.flatten_dict(state.trainable)
+  flat[leaf] = flat[leaf].at[0].set(jnp.nan)
+  bad = state.replace(trainable={**flax.traverse_util.unflatten_dict(flat), "lora": {}})
+  new_state, metrics = _step_fn(setup, config)(bad, batches[0])
+  assert int(metrics["skipped_steps"]) == 1 and int(metrics["nonfinite_streak"]) == 1
+  assert int(new_state.step) == 1
+  after = flax.traverse_util.flatten_dict(jax.device_get(new_state.trainable))
+  for path, value in flax.traverse_util.flatten_dict(before).items():
+    if path != leaf:
+      np.testing.assert_array_equal(after[path], value)  # no update applied
+
+
+def test_lora_trains_only_adapters_and_merges(small_dataset, tmp_path):
+  config = tiny_config("baseline", small_dataset)
+  config.lora.enabled = True
+  config.lora.settings.rank = 4
+  config.lora.settings.targets = ("q", "v", "down")
+  config.train.trainable = "norm/.*"  # plus one base parameter group that trains
+  state, setup, batches = _setup(config, tmp_path)
+  frozen_before = jax.device_get(setup.frozen_base)
+  step = _step_fn(setup, config)
+  for _ in range(3):
+    state, _ = step(state, batches[0])
+  for after, before in zip(jax.tree_util.tree_leaves(jax.device_get(setup.frozen_base)),
+                           jax.tree_util.tree_leaves(frozen_before)):
+    np.testing.assert_array_equal(after, before)
+  assert set(state.trainable["params"]) == {"norm"}
+  assert any(np.abs(np.asarray(b)).sum() > 0
+             for b in jax.tree_util.tree_leaves(state.trainable["lora"]))
+  params = train.full_params(state.trainable, setup.frozen_base)
+  tokens, mask = batches[0]["tokens"], batches[0]["attention_mask"]
+  with lora.applied(state.trainable["lora"], setup.lora_cfg):
+    adapted = setup.objective.model.apply({"params": params}, tokens, mask)
+  merged = setup.objective.model.apply(
+      {"params": lora.merge(params, state.trainable["lora"], setup.lora_cfg)}, tokens, mask)
+  np.testing.assert_allclose(merged, adapted, rtol=1e-4, atol=1e-4)
+  opt_leaves = sum(x.size for x in jax.tree_util.tree_leaves(state.opt_state))
+  n_trainable = sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))
+  n_all = n_trainable + sum(x.size for x in jax.tree_util.tree_leaves(setup.frozen_base))
+  assert opt_leaves < 3 * n_trainable + 16 < n_all  # Adam moments for the trainable part only
+
+
+def _run_losses(workdir: pathlib.Path) -> dict[int, float]:
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["step_loss"] for r in rows if "step_loss" in r}
+
+
+def test_run_writes_metrics_checkpoints_and_exported_model(small_dataset, tmp_path):
+  config = tiny_config("baseline", small_dataset)
+  result = train.run(config, tmp_path / "run")
+  assert np.isfinite(result["step_loss"]) and "val_loss" in result
+  run = tmp_path / "run"
+  assert sorted(_run_losses(run)) == [1, 2, 3, 4]
+  assert (run / "tb").is_dir() and (run / "config.json").is_file()
+  assert (run / "checkpoints" / "4").is_dir()
+  cfg = pretrained.read_config(run / train.EXPORT_DIR)
+  assert cfg.n_future_tokens == 2
+  # A restart of a finished run changes nothing; a different config in the workdir is an error.
+  train.run(config, run)
+  assert sorted(_run_losses(run)) == [1, 2, 3, 4]
+  config.optim.lr = 0.5
+  with pytest.raises(ValueError, match=r"config\.json holds a different run's config.*optim\.lr"):
+    train.run(config, run)
+
+
+_RESUME_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from conftest import tiny_config
+    from wmtp_jax import train
+    config = tiny_config("baseline", __import__("pathlib").Path({data!r}), steps=6)
+    config.checkpoint.every_steps = 3
+    kill_after = int(sys.argv[2])
+    if kill_after:
+      orig = train.checkpointing.Checkpointer.save
+      def save(self, step, *a, **k):
+        saved = orig(self, step, *a, **k)
+        if step == kill_after:
+          os.kill(os.getpid(), signal.{sig})
+        return saved
+      train.checkpointing.Checkpointer.save = save
+    train.run(config, sys.argv[1])
+""")
+
+
+def _resume_script(tmp_path, small_dataset, sig: str) -> pathlib.Path:
+  script = tmp_path / f"run_{sig}.py"
+  script.write_text(_RESUME_SCRIPT.format(tests=str(ROOT / "tests"), data=str(small_dataset),
+                                          sig=sig))
+  return script
+
+
+def _params_of(workdir):
+  _, params = pretrained.load_pretrained(workdir / train.EXPORT_DIR)
+  return jax.device_get(params)
+
+
+def test_exact_resume_after_kill_and_sigterm(small_dataset, tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  straight, killed, termed = tmp_path / "straight", tmp_path / "killed", tmp_path / "termed"
+  kill9 = _resume_script(tmp_path, small_dataset, "SIGKILL")
+  subprocess.run([sys.executable, kill9, straight, "0"], check=True, env=env, timeout=600)
+  first = subprocess.run([sys.executable, kill9, killed, "3"], env=env, timeout=600)
+  assert first.returncode == -signal.SIGKILL
+  assert not (killed / train.EXPORT_DIR).exists()
+  subprocess.run([sys.executable, kill9, killed, "0"], check=True, env=env, timeout=600)
+
+  term = _resume_script(tmp_path, small_dataset, "SIGTERM")
+  stopped = subprocess.run([sys.executable, term, termed, "3"], env=env, timeout=600)
+  assert stopped.returncode == 0  # SIGTERM: checkpoint written, clean exit
+  assert (termed / "checkpoints" / "3").is_dir() and not (termed / train.EXPORT_DIR).exists()
+  subprocess.run([sys.executable, term, termed, "0"], check=True, env=env, timeout=600)
+
+  want = _run_losses(straight)
+  for resumed in (killed, termed):
+    got = _run_losses(resumed)
+    assert [got[s] for s in (4, 5, 6)] == [want[s] for s in (4, 5, 6)]
+    for a, b in zip(jax.tree_util.tree_leaves(_params_of(resumed)),
+                    jax.tree_util.tree_leaves(_params_of(straight))):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_sharded_training_matches_one_device(small_dataset, tmp_path):
+  """8 fake CPU devices (data × fsdp) give the losses of one device; params really are sharded."""
+  script = tmp_path / "sharded.py"
+  script.write_text(textwrap.dedent(f"""
+      import json, pathlib, sys
+      import jax
+      jax.config.update("jax_num_cpu_devices", int(sys.argv[2]))
+      sys.path.insert(0, {str(ROOT / "tests")!r})
+      from conftest import tiny_config
+      from wmtp_jax import mesh, objectives, train
+      config = tiny_config("baseline", pathlib.Path({str(small_dataset)!r}))
+      config.mesh.shape.data, config.mesh.shape.fsdp = int(sys.argv[3]), int(sys.argv[4])
+      train.run(config, sys.argv[1])
+      m = mesh.make_mesh(config.mesh.shape)
+      state, _, _ = train.build_state(config, objectives.build(config), m,
+                                      mesh.as_rules(config.mesh.rules), 4)
+      wq = state.trainable["params"]["trunk_0"]["attention"]["wq"]["kernel"]
+      print(json.dumps([str(a) for a in wq.sharding.spec]))
+  """))
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  specs = {}
+  for name, devices, data, fsdp in (("one", 1, 1, 1), ("eight", 8, 2, 4)):
+    out = subprocess.run([sys.executable, script, tmp_path / name, str(devices), str(data),
+                          str(fsdp)], check=True, env=env, timeout=600, capture_output=True,
+                         text=True)
+    specs[name] = json.loads(out.stdout.strip().splitlines()[-1])
+  one, eight = _run_losses(tmp_path / "one"), _run_losses(tmp_path / "eight")
+  np.testing.assert_allclose([eight[s] for s in sorted(eight)], [one[s] for s in sorted(one)],
+                             rtol=1e-5)
+  assert specs["eight"][0] == "fsdp"  # wq [embed, heads, head_dim]: embed → fsdp (DEFAULT_RULES)
+
+
+def test_main_trains_critic_first_and_required_keys(small_dataset, tmp_path):
+  config = tiny_config("verifiable", small_dataset)
+  config.critic.run.train.steps = 2
+  report = main_lib.run(config, tmp_path)
+  assert set(report) == {"critic", "verifiable"}
+  assert pretrained.read_config(tmp_path / "critic" / train.EXPORT_DIR).value_head == "mlp"
+  with pytest.raises(ValueError, match=r"config\.init\.checkpoint is required"):
+    main_lib.run(run_config.verifiable("7b"), tmp_path / "7b")

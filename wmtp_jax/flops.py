@@ -1,0 +1,60 @@
+"""FLOPs of a train step and the device peak, for the MFU estimate.
+
+Per token, a forward pass costs ``2 · (matmul parameters used)`` plus attention ``4 · L · S · D``
+(``QKᵀ`` and ``AV`` over the full ``S`` keys, the usual convention that ignores causal masking);
+training costs 3× the forward of the trained model (forward + backward) plus the forward of frozen
+models (critic / reference). For the MTP model every trunk and head block runs once per token and
+the shared unembedding ``D·V`` runs once per head.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from wmtp_jax.layers import BlockConfig
+from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM
+from wmtp_jax.mtp import MTPConfig
+
+
+def _block_matmul_params(b: BlockConfig) -> int:
+  return b.dim * b.head_dim * (2 * b.n_heads + 2 * b.n_kv_heads) + 3 * b.dim * b.ffn_hidden
+
+
+def forward_flops_per_token(cfg: MTPConfig | LlamaConfig, seq_len: int, *, lm_head: bool) -> float:
+  """Forward FLOPs per token of an MTP model or a LLaMA (with or without its ``lm_head``)."""
+  b = cfg.block
+  if isinstance(cfg, MTPConfig):
+    n_blocks, head = cfg.n_trunk_layers + cfg.n_future_tokens, cfg.n_future_tokens * cfg.dim * cfg.vocab_size
+  else:
+    n_blocks, head = cfg.num_hidden_layers, cfg.hidden_size * cfg.vocab_size if lm_head else 0
+  return 2.0 * (n_blocks * _block_matmul_params(b) + head) + 4.0 * n_blocks * seq_len * b.dim
+
+
+def train_flops_per_token(objective, seq_len: int) -> float:
+  """Train-step FLOPs per token: 3× the trained model's forward + the frozen models' forward."""
+  total = 3.0 * forward_flops_per_token(
+      objective.model.cfg, seq_len, lm_head=isinstance(objective.model, LlamaForCausalLM))
+  for module in objective.frozen_models.values():
+    total += forward_flops_per_token(module.cfg, seq_len,
+                                     lm_head=isinstance(module, LlamaForCausalLM))
+  return total
+
+
+def measure_peak_flops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+  """Matmul FLOP/s of one local device, measured now (the MFU denominator when none is given)."""
+  x = jnp.ones((n, n), dtype)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    matmul(x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n**3 / best
+
+
+def peak_flops(configured: float) -> float:
+  """Peak FLOP/s of all devices: ``configured`` per device, or measured when 0."""
+  per_device = configured if configured > 0 else measure_peak_flops()
+  return per_device * jax.device_count()

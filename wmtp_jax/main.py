@@ -1,0 +1,69 @@
+"""``python -m wmtp_jax.main --config=configs/<pipeline>.py[:variant] [--config.a.b=v …] [--workdir=DIR]``
+
+Runs one pipeline. Frozen models a pipeline needs (the ``verifiable`` critic, the ``rho1``
+reference) are trained first into ``WORKDIR/<name>`` when their ``checkpoint`` is empty; policy
+pipelines then report held-out pass@1 of the trained policy next to the untrained one
+(``config.evaluate``). Restarting the same command resumes where it stopped.
+"""
+
+import json
+import logging
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from wmtp_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: runs/<pipeline>-<variant>)")
+
+log = logging.getLogger("wmtp_jax")
+
+
+def check_required(config) -> None:
+  """Every dotted key in ``config.required`` must be set (e.g. checkpoint paths of the 7b runs)."""
+  for key in config.required:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    if not node:
+      raise ValueError(f"config.{key} is required for variant {config.variant!r} "
+                       f"(pass --config.{key}=...)")
+
+
+def run(config, workdir: pathlib.Path) -> dict:
+  """Train ``config`` (and the frozen models it needs) in ``workdir``; returns the final report."""
+  if config.pipeline == "evaluate":
+    from wmtp_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+    return eval_lib.run(config, workdir)
+  check_required(config)
+  report = {}
+  for name in ("critic", "reference"):
+    section = config.get(name)
+    if section is not None and not section.checkpoint:
+      log.info("no config.%s.checkpoint: training the %s first in %s", name, name, workdir / name)
+      report[name] = train.run(section.run, workdir / name, phase=name)
+      section.checkpoint = str(workdir / name)
+  report[config.pipeline] = train.run(config, workdir / config.pipeline)
+  if config.evaluate.enabled:
+    from wmtp_jax.eval import compare  # pylint: disable=g-import-not-at-top
+    report["evaluation"] = compare.trained_vs_untrained(config, workdir / config.pipeline)
+  (workdir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+  return report
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config=configs/<pipeline>.py is required")
+  workdir = pathlib.Path(_WORKDIR.value or f"runs/{config.pipeline}-{config.variant}")
+  run(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

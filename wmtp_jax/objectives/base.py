@@ -1,0 +1,101 @@
+"""The ``Objective`` interface and the pieces the policy objectives share."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from wmtp_jax import IGNORE_INDEX, losses, weighting
+
+
+class Objective:
+  """One pipeline's objective (see the package docstring for the call protocol).
+
+  Attributes:
+    name: the pipeline name.
+    model: the trained Flax module.
+    frozen_models: ``{name: module}`` of frozen models whose params come in ``frozen``.
+    batch_kind: ``"single"`` (``tokens``, ``labels``, ``attention_mask``, ``is_correct``) or
+      ``"pairs"`` (the same keys prefixed ``pos_`` / ``neg_``).
+    samples: which records the sampler draws: ``"correct"`` or ``"all"`` (or ``"pairs"``).
+  """
+  name: str = ""
+  batch_kind: str = "single"
+  samples: str = "correct"
+  frozen_models: dict[str, nn.Module] = {}
+
+  def __init__(self, config):
+    self.config = config
+
+  model: nn.Module
+
+  def init_aux(self) -> Any:
+    """Carried state (e.g. EMA statistics), saved in checkpoints."""
+    return {}
+
+  def normalizers(self, batch) -> Any:
+    """Denominators from the whole step batch (all micro-batches)."""
+    return {}
+
+  def loss(self, params, apply, frozen, batch, norms, aux, rng):
+    raise NotImplementedError
+
+  def update_aux(self, aux, aux_sums):
+    return aux
+
+
+def response_mask(batch, prefix: str = ""):
+  """``[B, S]`` bool: response tokens (``labels != -100``) that are not padding."""
+  return (batch[prefix + "labels"] != IGNORE_INDEX) & (batch[prefix + "attention_mask"] != 0)
+
+
+def n_valid_per_head(batch, n: int):
+  """``[n]`` int32 count of valid targets per head over the whole batch (the CE denominators)."""
+  _, valid_BxSxN = losses.mtp_targets(batch["labels"], batch["attention_mask"], n)
+  return valid_BxSxN.sum(axis=(0, 1), dtype=jnp.int32)
+
+
+def lm_terms(apply, params, batch, *, unembedding_path: tuple[str, ...], n: int, loss_cfg,
+             multi_head: bool):
+  """Per-term cross-entropy of a language model on the batch's labels.
+
+  ``multi_head``: the model returns ``[B, S, n, ·]`` (MTP) rather than ``[B, S, ·]`` (LLaMA, n=1).
+  With ``loss_cfg.memory_efficient`` the model returns final-normed hidden states and the CE is
+  computed blockwise against the unembedding at ``unembedding_path`` (never ``[B, S, n, V]``).
+
+  Returns:
+    ``(ce_BxSxN, valid_BxSxN)``: float32 CE of head k at position t against ``x_{t+1+k}`` (0 where
+    invalid) and the validity of each term.
+  """
+  out = apply(params, batch["tokens"], batch["attention_mask"],
+              return_hidden=loss_cfg.memory_efficient)
+  out_BxSxNxF = out if multi_head else out[:, :, None, :]
+  targets_BxSxN, valid_BxSxN = losses.mtp_targets(batch["labels"], batch["attention_mask"], n)
+  if loss_cfg.memory_efficient:
+    unembedding = params
+    for key in unembedding_path:
+      unembedding = unembedding[key]
+    ce_BxSxN = losses.hidden_token_ce(out_BxSxNxF, unembedding, targets_BxSxN,
+                                      vocab_block=loss_cfg.vocab_block,
+                                      token_block=loss_cfg.token_block)
+  else:
+    ce_BxSxN = losses.token_ce(out_BxSxNxF, targets_BxSxN)
+  return ce_BxSxN, valid_BxSxN
+
+
+def weighted_ce(ce_BxSxN, valid_BxSxN, w_BxSxN, norms):
+  """``(loss, metrics)`` of the weighted MTP loss on one micro-batch.
+
+  The loss divides by the step's per-head counts ``norms["n_valid"]`` so that the micro-batch
+  losses sum to the loss of the whole step batch; the metrics are this micro-batch's own values.
+  """
+  step = losses.reduce_per_head(ce_BxSxN, valid_BxSxN, w_BxSxN, n_valid_per_head=norms["n_valid"])
+  local = losses.reduce_per_head(ce_BxSxN, valid_BxSxN, w_BxSxN)
+  return step["loss"], {k: local[k] for k in ("loss", "unweighted", "per_head",
+                                              "per_head_unweighted")}
+
+
+def term_weight_metrics(w_BxSxN, valid_BxSxN) -> dict:
+  """``weight_mean/std/min/max/entropy`` over valid (position, head) terms."""
+  stats = weighting.weight_stats(w_BxSxN, valid_BxSxN)
+  return {f"weight_{k}": v for k, v in stats.items()}

@@ -1,0 +1,60 @@
+"""``rho1``: token selection by excess loss over a frozen reference model (DESIGN §3, Lin et al.).
+
+The reference is a next-token LLaMA: its CE at position ``t`` is against ``x_{t+1}``, so head ``k``
+at position ``t`` (target ``x_{t+1+k}``) is compared with the reference CE at ``t+k``
+(``weighting.rho1_weights`` does the alignment). ``variant="topk"`` keeps the top ``k_percent`` of
+valid terms per head by excess (``mode`` ``signed`` | ``absolute`` | ``difficult``);
+``variant="continuous"`` weights by ``|CE_ref − CE_policy|`` above a percentile plus α, normalised.
+"""
+
+import jax
+
+from wmtp_jax import presets, weighting
+from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM
+from wmtp_jax.objectives import base
+from wmtp_jax.objectives.baseline import PolicyObjective
+
+VARIANTS = ("topk", "continuous")
+
+
+class Rho1(PolicyObjective):
+  name = "rho1"
+
+  def __init__(self, config):
+    super().__init__(config)
+    if config.rho1.variant not in VARIANTS:
+      raise ValueError(f"config.rho1.variant={config.rho1.variant!r}: expected one of {VARIANTS}")
+    if config.rho1.mode not in weighting.RHO1_MODES:
+      raise ValueError(f"config.rho1.mode={config.rho1.mode!r}: expected one of "
+                       f"{weighting.RHO1_MODES}")
+    self.ref_cfg = presets.build(LlamaConfig, config.reference.model,
+                                 where="config.reference.model")
+    if self.ref_cfg.vocab_size != self.policy_cfg.vocab_size:
+      raise ValueError(f"config.reference.model.vocab_size={self.ref_cfg.vocab_size} differs from "
+                       f"config.model.vocab_size={self.policy_cfg.vocab_size}")
+    self.frozen_models = {"reference": LlamaForCausalLM(self.ref_cfg)}
+
+  def loss(self, params, apply, frozen, batch, norms, aux, rng):
+    r = self.config.rho1
+    reference = self.frozen_models["reference"]
+    ref_apply = lambda p, *args, **kw: reference.apply({"params": p}, *args, **kw)
+    ref_ce_BxSx1, _ = base.lm_terms(ref_apply, frozen["reference"], batch,
+                                    unembedding_path=("lm_head", "kernel"), n=1,
+                                    loss_cfg=self.config.loss, multi_head=False)
+    ref_ce_BxS = jax.lax.stop_gradient(ref_ce_BxSx1[..., 0])
+    ce_BxSxN, valid_BxSxN = self.policy_terms(params, apply, batch)
+    policy_ce_BxSxN = jax.lax.stop_gradient(ce_BxSxN)
+    mask_BxS = base.response_mask(batch)
+    if r.variant == "topk":
+      weights_BxSxN = weighting.rho1_weights(policy_ce_BxSxN, ref_ce_BxS, mask_BxS,
+                                             k_percent=r.k_percent, mode=r.mode,
+                                             head0_always=r.head0_always)
+    else:
+      weights_BxSxN = weighting.rho1_continuous_weights(
+          policy_ce_BxSxN, ref_ce_BxS, mask_BxS, percentile=r.percentile, alpha=r.alpha,
+          normalize=r.normalize)
+    loss, metrics = base.weighted_ce(ce_BxSxN, valid_BxSxN, weights_BxSxN, norms)
+    metrics.update(base.term_weight_metrics(weights_BxSxN, valid_BxSxN))
+    metrics["selection_ratio"] = weighting.selection_ratio_per_head(weights_BxSxN, valid_BxSxN)
+    metrics["reference_ce"] = weighting.td_stats(ref_ce_BxS, mask_BxS)["mean"]
+    return loss, (metrics, {})
