@@ -48,6 +48,7 @@ def test_humaneval_canonical_solutions_all_pass():
   assert failed == {}
 
 
+@pytest.mark.slow  # ~60-100 s on 2 cores; tests/test_eval.py runs a subset incl. 367 and 927
 def test_mbpp_reference_solutions_pass_except_known_broken():
   path = DATA / "mbpp" / "mbpp.jsonl"
   if not path.exists():

@@ -26,7 +26,7 @@ def _setup(config, tmp_path, *, steps=None):
   """``(state, setup, batches)`` with the first batches of the run's data."""
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
-  rules = mesh_lib.as_rules(config.mesh.rules)
+  rules = mesh_lib.param_rules(config.mesh)
   data = run_data.build(config, objective, tmp_path)
   state, setup, _ = train.build_state(config, objective, mesh, rules, steps or config.train.steps)
   it = iter(data.train)
@@ -39,30 +39,19 @@ def _step_fn(setup, config):
                                                setup.frozen_models, b))
 
 
-def _with_critic(config, tmp_path):
-  """Point a verifiable config at a freshly trained (2-step) critic."""
-  critic = config.critic.run
-  critic.train.steps = 2
-  train.run(critic, tmp_path / "critic")
-  config.critic.checkpoint = str(tmp_path / "critic")
-  return config
-
-
-def _with_reference(config, tmp_path):
-  ref = config.reference.run
-  ref.train.steps = 2
-  train.run(ref, tmp_path / "reference")
-  config.reference.checkpoint = str(tmp_path / "reference")
+def _with_prerequisites(config, tmp_path):
+  """Train the critic / reference ``config`` needs for 2 steps and point it at them."""
+  for name in ("critic", "reference"):
+    if name in config:
+      config[name].run.train.steps = 2
+  main_lib.train_prerequisites(config, tmp_path)
   return config
 
 
 @pytest.mark.parametrize("pipeline", ["baseline", "critic", "verifiable", "rho1", "ref_tuning"])
 def test_each_pipeline_overfits_a_fixed_batch(pipeline, small_dataset, tmp_path):
   config = tiny_config(pipeline, small_dataset)
-  if pipeline == "verifiable":
-    _with_critic(config, tmp_path)
-  if pipeline == "rho1":
-    _with_reference(config, tmp_path)
+  _with_prerequisites(config, tmp_path)
   config.optim.warmup_steps = 0
   config.optim.lr = 1e-2  # allowed to overfit
   state, setup, batches = _setup(config, tmp_path, steps=30)
@@ -80,9 +69,9 @@ def test_all_ones_weights_equal_baseline(small_dataset, tmp_path):
   state, setup, batches = _setup(base_cfg, tmp_path)
   _, base_metrics = _step_fn(setup, base_cfg)(state, batches[0])
 
-  ver_cfg = _with_critic(tiny_config("verifiable", small_dataset), tmp_path)
+  ver_cfg = _with_prerequisites(tiny_config("verifiable", small_dataset), tmp_path)
   ver_cfg.weighting.min_weight = ver_cfg.weighting.max_weight = 1.0  # every weight clipped to 1
-  rho_cfg = _with_reference(tiny_config("rho1", small_dataset), tmp_path)
+  rho_cfg = _with_prerequisites(tiny_config("rho1", small_dataset), tmp_path)
   rho_cfg.rho1.k_percent = 1.0  # every valid term selected
   for cfg in (ver_cfg, rho_cfg):
     st, su, bs = _setup(cfg, tmp_path)
@@ -94,8 +83,7 @@ def test_all_ones_weights_equal_baseline(small_dataset, tmp_path):
 @pytest.mark.parametrize("pipeline", ["baseline", "verifiable"])
 def test_gradient_accumulation_equals_one_large_batch(pipeline, small_dataset, tmp_path):
   config = tiny_config(pipeline, small_dataset)
-  if pipeline == "verifiable":
-    _with_critic(config, tmp_path)
+  _with_prerequisites(config, tmp_path)
   state, setup, batches = _setup(config, tmp_path)
   one = jax.jit(lambda s, b: train.loss_and_grads(setup, s, setup.frozen_base,
                                                   setup.frozen_models, b, 1))(state, batches[0])
@@ -251,7 +239,7 @@ def test_sharded_training_matches_one_device(small_dataset, tmp_path):
       train.run(config, sys.argv[1])
       m = mesh.make_mesh(config.mesh.shape)
       state, _, _ = train.build_state(config, objectives.build(config), m,
-                                      mesh.as_rules(config.mesh.rules), 4)
+                                      mesh.param_rules(config.mesh), 4)
       wq = state.trainable["params"]["trunk_0"]["attention"]["wq"]["kernel"]
       print(json.dumps([str(a) for a in wq.sharding.spec]))
   """))
@@ -276,3 +264,29 @@ def test_main_trains_critic_first_and_required_keys(small_dataset, tmp_path):
   assert pretrained.read_config(tmp_path / "critic" / train.EXPORT_DIR).value_head == "mlp"
   with pytest.raises(ValueError, match=r"config\.init\.checkpoint is required"):
     main_lib.run(run_config.verifiable("7b"), tmp_path / "7b")
+
+
+def test_lora_run_exports_merged_model_that_transformers_loads(small_dataset, tmp_path):
+  """A LoRA run's WORKDIR exports (adapters merged) to a HF directory with the same logits."""
+  import torch
+  import transformers
+  from wmtp_jax import convert
+  config = tiny_config("baseline", small_dataset)
+  config.lora.enabled = True
+  config.train.trainable = ""  # adapters only
+  config.optim.lr = 1e-2
+  train.run(config, tmp_path / "run")
+  convert.main(["export-hf", "--src", str(tmp_path / "run"), "--dst", str(tmp_path / "hf"),
+                "--dtype", "fp32"])
+  cfg, params = pretrained.load_pretrained(tmp_path / "run")
+  tokens = np.arange(1, 21, dtype=np.int32)[None] % cfg.vocab_size
+  ours = objectives.build(config).model.apply({"params": params}, tokens)[:, :, 0]
+  hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+  with torch.no_grad():
+    theirs = hf(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+  base = train.initial_params(config, objectives.build(config), mesh_lib.make_mesh(config.mesh.shape),
+                              mesh_lib.param_rules(config.mesh))
+  wq = ("trunk_0", "attention", "wq", "kernel")
+  assert not np.allclose(flax.traverse_util.flatten_dict(params)[wq],
+                         flax.traverse_util.flatten_dict(jax.device_get(base))[wq])  # merged

@@ -111,7 +111,7 @@ def load_params(path: pathlib.Path, abstract_params, *, where: str):
   A ``ValueModel`` may start from a LLaMA language model: its backbone (``model/…``) is restored,
   the ``lm_head`` is not read, and the returned tree lacks ``value_head`` (the caller initialises it).
   """
-  source = path / "model" if (path / "model" / pretrained.CONFIG_FILE).is_file() else path
+  source = pretrained.resolve(path)
   if not (source / pretrained.CONFIG_FILE).is_file():
     raise FileNotFoundError(f"{where}={str(path)!r}: neither a converted checkpoint directory nor "
                             f"a finished training run (no {pretrained.CONFIG_FILE} in it or in its "

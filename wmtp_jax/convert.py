@@ -2,9 +2,9 @@
 
     python -m wmtp_jax.convert meta --src DIR --dst DIR [--dtype bf16|fp32] [--tokenizer PATH]
     python -m wmtp_jax.convert hf   --src DIR --dst DIR [--dtype bf16|fp32] [--tokenizer PATH]
-    python -m wmtp_jax.convert export-hf   --src CONVERTED --dst DIR [--dtype bf16|fp16|fp32]
+    python -m wmtp_jax.convert export-hf   --src CONVERTED_OR_WORKDIR --dst DIR [--dtype bf16|fp16|fp32]
                                            [--max_shard_size 5GB]
-    python -m wmtp_jax.convert export-meta --src CONVERTED --dst DIR [--dtype bf16|fp16|fp32]
+    python -m wmtp_jax.convert export-meta --src CONVERTED_OR_WORKDIR --dst DIR [--dtype bf16|fp16|fp32]
 
 Sources:
   ``meta``: ``params.json`` + ``consolidated.pth`` (Meta's MTP release, e.g. ``7B_1T_4``) → an
@@ -410,7 +410,7 @@ def main(argv: list[str]) -> dict:
   if args.command in ("meta", "hf"):
     return convert(args.command, args.src, args.dst, dtype=DTYPES[args.dtype],
                    tokenizer=args.tokenizer)
-  src = Path(args.src)
+  src = pretrained.resolve(args.src)  # a converted directory or a finished run's WORKDIR
   config = pretrained.read_config(src)
   dtype = (DTYPES[args.dtype] if args.dtype else
            pretrained.source_dtype(src) or config.param_dtype)

@@ -209,6 +209,28 @@ class Block(nn.Module):
     return nn.with_logical_constraint(out_BxSxD, ("batch", "length", "embed"))
 
 
+# ``remat`` name → ``jax.checkpoint_policies`` policy (what the backward pass may keep instead of
+# recomputing); ``full`` keeps only the block inputs.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def block_class(remat: str) -> type[nn.Module]:
+  """``Block``, or ``Block`` rematerialised with policy ``remat`` (same parameter names).
+
+  ``remat``: ``"none"`` or a key of ``REMAT_POLICIES``.
+  """
+  if remat == "none":
+    return Block
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}: expected 'none' or one of {sorted(REMAT_POLICIES)}")
+  return nn.remat(Block, policy=REMAT_POLICIES[remat])
+
+
 class Embed(nn.Module):
   """Token embedding table ``[V, D]``, looked up in the compute dtype."""
   vocab_size: int

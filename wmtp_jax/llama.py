@@ -44,8 +44,10 @@ class LlamaConfig:
   value_head: str = "linear"
   value_head_dropout: float = 0.1
   value_head_bias_init: float = 0.0
+  remat: str = "none"  # rematerialisation of the blocks (``layers.block_class``)
 
   def __post_init__(self):
+    layers.block_class(self.remat)  # validates the name
     if self.value_head not in VALUE_HEADS:
       raise ValueError(f"value_head={self.value_head!r}: expected one of {VALUE_HEADS}")
     self.block  # validates the block shapes
@@ -105,8 +107,9 @@ class LlamaModel(nn.Module):
     cos, sin = layers.rope_cos_sin(positions_BxS, block.head_dim, cfg.rope_theta)
     x_BxSxD = layers.Embed(cfg.vocab_size, cfg.hidden_size, cfg.dtype, cfg.param_dtype,
                            name="embed_tokens")(tokens_BxS)
+    block_cls = layers.block_class(cfg.remat)
     for i in range(cfg.num_hidden_layers):
-      x_BxSxD = layers.Block(block, name=f"layers_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
+      x_BxSxD = block_cls(block, name=f"layers_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
                                                           cache_index_B)
     return layers.RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name="norm")(x_BxSxD)
 

@@ -4,6 +4,11 @@ Runs one pipeline. Frozen models a pipeline needs (the ``verifiable`` critic, th
 reference) are trained first into ``WORKDIR/<name>`` when their ``checkpoint`` is empty; policy
 pipelines then report held-out pass@1 of the trained policy next to the untrained one
 (``config.evaluate``). Restarting the same command resumes where it stopped.
+
+Multi-process (one process per host or per GPU; ``launch/`` has SLURM, TPU-pod and local
+launchers): ``--distributed`` initialises JAX's runtime from the environment (SLURM, TPU pods, …),
+or ``--coordinator=HOST:PORT --num_processes=N --process_id=I`` explicitly; every process runs the
+same command and sees all devices of all processes.
 """
 
 import json
@@ -11,6 +16,7 @@ import logging
 import pathlib
 
 from absl import app, flags
+import jax
 from ml_collections import config_flags
 
 from wmtp_jax import train
@@ -18,6 +24,11 @@ from wmtp_jax import train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: runs/<pipeline>-<variant>)")
+_DISTRIBUTED = flags.DEFINE_boolean("distributed", False,
+                                    "multi-process JAX, set up from the environment (SLURM, TPU)")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (multi-process)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes (with --coordinator)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process (with --coordinator)")
 
 log = logging.getLogger("wmtp_jax")
 
@@ -33,12 +44,9 @@ def check_required(config) -> None:
                        f"(pass --config.{key}=...)")
 
 
-def run(config, workdir: pathlib.Path) -> dict:
-  """Train ``config`` (and the frozen models it needs) in ``workdir``; returns the final report."""
-  if config.pipeline == "evaluate":
-    from wmtp_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-    return eval_lib.run(config, workdir)
-  check_required(config)
+def train_prerequisites(config, workdir: pathlib.Path) -> dict:
+  """Train the frozen models ``config`` needs (``critic``, ``reference``) whose ``checkpoint`` is
+  empty, from their ``run`` configs into ``WORKDIR/<name>``, and point ``checkpoint`` there."""
   report = {}
   for name in ("critic", "reference"):
     section = config.get(name)
@@ -46,6 +54,16 @@ def run(config, workdir: pathlib.Path) -> dict:
       log.info("no config.%s.checkpoint: training the %s first in %s", name, name, workdir / name)
       report[name] = train.run(section.run, workdir / name, phase=name)
       section.checkpoint = str(workdir / name)
+  return report
+
+
+def run(config, workdir: pathlib.Path) -> dict:
+  """Train ``config`` (and the frozen models it needs) in ``workdir``; returns the final report."""
+  if config.pipeline == "evaluate":
+    from wmtp_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+    return eval_lib.run(config, workdir)
+  check_required(config)
+  report = train_prerequisites(config, workdir)
   report[config.pipeline] = train.run(config, workdir / config.pipeline)
   if config.evaluate.enabled:
     from wmtp_jax.eval import compare  # pylint: disable=g-import-not-at-top
@@ -61,6 +79,10 @@ def main(argv) -> None:
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/<pipeline>.py is required")
+  if _COORDINATOR.value or _DISTRIBUTED.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    log.info("process %d of %d: %d local / %d global devices", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
   workdir = pathlib.Path(_WORKDIR.value or f"runs/{config.pipeline}-{config.variant}")
   run(config, workdir)
 

@@ -9,7 +9,19 @@ an earlier dimension of the same array, the next rule (or no sharding) applies, 
 Config (``config.mesh``)::
 
     shape = {"data": -1, "fsdp": 1, "tensor": 1}   # -1 fills with the remaining devices
-    rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("heads", "tensor"), …)
+    preset = "full_shard"                          # | "shard_grad_op" | "no_shard"
+    rules = (("embed", None), …)                   # optional: take priority over the preset's
+
+Presets (``PRESETS``) give the rules of the parameters (and of the frozen models and activations)
+and of the optimizer state; all put the batch on ``data`` × ``fsdp`` and attention heads, KV heads,
+the MLP hidden and the vocabulary on ``tensor`` (tensor parallelism; a no-op when ``tensor`` = 1):
+
+* ``full_shard`` (ZeRO-3-like): parameters, gradients and optimizer state sharded over ``fsdp``
+  along ``embed``; XLA all-gathers each weight where it is used.
+* ``shard_grad_op`` (ZeRO-2-like): parameters replicated over ``fsdp``; the optimizer state is
+  sharded over ``fsdp`` (gradients are reduced into the sharded update, the updated parameters
+  all-gathered once per step).
+* ``no_shard``: pure data parallelism over ``data`` × ``fsdp`` (everything replicated there).
 """
 
 from collections.abc import Mapping, Sequence
@@ -22,11 +34,8 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Parameters sharded over ``fsdp`` (ZeRO-3-like), heads and MLP over ``tensor``, the batch over
-# ``data`` × ``fsdp``.
-DEFAULT_RULES: Rules = (
+_TENSOR_PARALLEL: Rules = (
     ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
@@ -36,6 +45,18 @@ DEFAULT_RULES: Rules = (
     ("future", None),
     ("layers", None),
 )
+_SHARDED: Rules = (("embed", "fsdp"),) + _TENSOR_PARALLEL
+_REPLICATED: Rules = (("embed", None),) + _TENSOR_PARALLEL
+
+# Preset name → (parameter rules, optimizer-state rules).
+PRESETS: dict[str, tuple[Rules, Rules]] = {
+    "full_shard": (_SHARDED, _SHARDED),
+    "shard_grad_op": (_REPLICATED, _SHARDED),
+    "no_shard": (_REPLICATED, _REPLICATED),
+}
+DEFAULT_PRESET = "full_shard"
+# The parameter rules of ``full_shard``: parameters over ``fsdp``, heads and MLP over ``tensor``.
+DEFAULT_RULES: Rules = PRESETS[DEFAULT_PRESET][0]
 
 
 def resolve_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, int]:
@@ -83,6 +104,25 @@ def as_rules(rules: Sequence[Sequence]) -> Rules:
         raise ValueError(f"config.mesh.rules[{i}] = {rule!r}: unknown mesh axis {axis!r}")
     out.append((name, axes))
   return tuple(out)
+
+
+def _preset(mesh_cfg) -> tuple[Rules, Rules]:
+  name = mesh_cfg.get("preset") or DEFAULT_PRESET
+  if name not in PRESETS:
+    raise ValueError(f"config.mesh.preset={name!r}: unknown; known: {sorted(PRESETS)}")
+  return PRESETS[name]
+
+
+def param_rules(mesh_cfg) -> Rules:
+  """Rules of parameters and activations: ``mesh_cfg.rules`` (first: Flax takes the first rule
+  of a logical name) followed by the preset's."""
+  return as_rules(mesh_cfg.get("rules", ())) + _preset(mesh_cfg)[0]
+
+
+def optimizer_rules(mesh_cfg) -> Rules:
+  """Rules of the optimizer state (moments laid out like their parameters): ``mesh_cfg.rules``
+  followed by the preset's optimizer rules."""
+  return as_rules(mesh_cfg.get("rules", ())) + _preset(mesh_cfg)[1]
 
 
 def shardings_for(abstract_tree, mesh: jax.sharding.Mesh, rules: Rules):

@@ -30,7 +30,8 @@ from wmtp_jax import layers, strict
 class MTPConfig:
   """Fields named as in Meta's ``params.json`` (so that file loads directly) plus numerics.
 
-  ``max_seq_len`` is not in Meta's file; 2048 is the usual default.
+  ``max_seq_len`` is not in Meta's file; 2048 is the usual default. ``remat``: rematerialisation
+  of the blocks in the backward pass (``layers.block_class``), a memory lever of training.
   """
   dim: int = 4096
   n_layers: int = 32
@@ -45,8 +46,10 @@ class MTPConfig:
   max_seq_len: int = 2048
   dtype: str = "float32"
   param_dtype: str = "float32"
+  remat: str = "none"
 
   def __post_init__(self):
+    layers.block_class(self.remat)  # validates the name
     if not 1 <= self.n_future_tokens <= self.n_layers:
       raise ValueError(f"n_future_tokens={self.n_future_tokens} must be in [1, n_layers="
                        f"{self.n_layers}]")
@@ -116,11 +119,12 @@ class MTPTransformer(nn.Module):
 
     x_BxSxD = layers.Embed(cfg.vocab_size, cfg.dim, cfg.dtype, cfg.param_dtype,
                            name="tok_embeddings")(tokens_BxS)
+    block_cls = layers.block_class(cfg.remat)
     for i in range(cfg.n_trunk_layers):
-      x_BxSxD = layers.Block(block, name=f"trunk_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
+      x_BxSxD = block_cls(block, name=f"trunk_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
                                                         cache_index_B)
     heads_BxSxNxD = jnp.stack(
-        [layers.Block(block, name=f"head_{k}")(x_BxSxD, cos, sin, attention_mask_BxS,
+        [block_cls(block, name=f"head_{k}")(x_BxSxD, cos, sin, attention_mask_BxS,
                                                 cache_index_B)
          for k in range(n)], axis=-2)
     norm = layers.RMSNorm(cfg.norm_eps, cfg.param_dtype, name="norm")

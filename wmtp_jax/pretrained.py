@@ -58,6 +58,14 @@ Config = MTPConfig | LlamaConfig
 FlatShapes = Mapping[tuple[str, ...], tuple[int, ...]]
 
 
+def resolve(path: str | os.PathLike) -> Path:
+  """``path`` itself, or for a finished training run's ``WORKDIR`` its exported ``WORKDIR/model``
+  (``wmtp_jax.train`` writes it in this format, LoRA merged)."""
+  path = Path(path)
+  run_export = path / "model"
+  return run_export if (run_export / CONFIG_FILE).is_file() else path
+
+
 def kind_of(config: Config) -> str:
   """``"mtp"`` or ``"llama"`` (a ``LlamaConfig`` is a language model unless a kind is given)."""
   return next(k for k, (cls, _) in KINDS.items() if isinstance(config, cls))
@@ -194,7 +202,8 @@ def load_pretrained(path: str | os.PathLike, *,
   """Load a converted directory: ``(config, params)`` with ``params`` as ``jax.Array``s.
 
   Args:
-    path: a directory written by ``python -m wmtp_jax.convert meta|hf``.
+    path: a directory written by ``python -m wmtp_jax.convert meta|hf``, or a finished training
+      run's ``WORKDIR`` (``resolve``).
     shardings: ``None`` (every array on the first local device) or a function of the boxed
       abstract params (``abstract_params``: ``nn.Partitioned`` with logical axis names around
       ``jax.ShapeDtypeStruct``) returning a matching tree of ``jax.sharding.Sharding``, e.g.
@@ -203,6 +212,7 @@ def load_pretrained(path: str | os.PathLike, *,
     **overrides: config fields to change, e.g. ``param_dtype="bfloat16"`` (the values are cast
       while reading) or ``dtype`` (compute); unknown fields are errors.
   """
+  path = resolve(path)
   config = read_config(path, **overrides)
   boxed = abstract_params(config, _read_model_config(path)["kind"])
   abstract = nn.meta.unbox(boxed)

@@ -28,10 +28,12 @@ def base(pipeline: str, variant: str) -> CD:
   c = CD()
   c.pipeline, c.variant, c.seed = pipeline, variant, 0
   c.required = () if tiny else ("init.checkpoint", "data.dir")  # must be non-empty to start
-  c.model = presets.mtp(variant, dtype="float32" if tiny else "bfloat16")
+  # ``remat``: none | full | dots_saveable | … (``layers.REMAT_POLICIES``), a memory lever.
+  c.model = presets.mtp(variant, dtype="float32" if tiny else "bfloat16", remat="none")
   c.init = CD(dict(checkpoint=""))  # converted checkpoint dir or a finished run's workdir
-  c.mesh = CD(dict(shape=CD(dict(data=-1, fsdp=1, tensor=1)),
-                   rules=tuple((k, v) for k, v in mesh.DEFAULT_RULES)))
+  # ``preset``: full_shard | shard_grad_op | no_shard; ``rules`` take priority over the preset's.
+  c.mesh = CD(dict(shape=CD(dict(data=-1, fsdp=1, tensor=1)), preset=mesh.DEFAULT_PRESET,
+                   rules=()))
   c.data = CD(dict(
       dir="", cache_dir="", tokenizer="", train_split="train", valid_split="valid",
       max_len=256 if tiny else 2048, batch_size=16 if tiny else 64, seed=0, workers=0,
@@ -56,8 +58,8 @@ def base(pipeline: str, variant: str) -> CD:
 
 def _llama(variant: str, **overrides) -> dict:
   if variant == "tiny":
-    return presets.llama("tiny", **overrides)
-  return presets.llama("sheared_llama_2.7b", dtype="bfloat16", **overrides)
+    return presets.llama("tiny", remat="none", **overrides)
+  return presets.llama("sheared_llama_2.7b", dtype="bfloat16", remat="none", **overrides)
 
 
 def baseline(arg: str | None = None) -> CD:

@@ -6,7 +6,7 @@ Phases of ``run(config, workdir)``:
      (or a pretrained / another run's checkpoint restored into those shardings); split into
      trainable and frozen parameters; LoRA adapters; optimizer state for the trainable part only;
   3. restore the latest checkpoint of ``workdir`` if there is one (exact resume);
-  4. compile the step (donated state) and report its memory per device;
+  4. compile the step (donated state) and report its memory per device (log and metrics.jsonl);
   5. loop: batch → step → (one step later) metrics → validation → checkpoint; SIGTERM saves and
      stops; too many non-finite steps in a row stop the run with an error.
 
@@ -162,12 +162,21 @@ def eval_step(setup: Setup, state: TrainState, frozen_base, frozen_models, batch
 # Set-up.
 
 
+_DUMMY_TOKENS = jax.ShapeDtypeStruct((1, 8), jnp.int32)  # init input; shapes do not depend on it
+
+
+def abstract_variables(module: nn.Module):
+  """``eval_shape`` of ``module.init``: the params tree of ``nn.Partitioned`` boxes (shapes, dtypes
+  and logical axis names), under ``"params"``."""
+  return jax.eval_shape(module.init, jax.random.key(0), _DUMMY_TOKENS)
+
+
 def init_params(module: nn.Module, rng, mesh, rules, *, checkpoint: str = "", where: str):
   """Params of ``module`` laid out by the logical rules: freshly initialised on the devices, or
   restored from ``checkpoint`` (a converted checkpoint directory or a finished run's workdir) with
   any parameter the checkpoint lacks (a new value head) freshly initialised."""
-  dummy = jnp.zeros((1, 8), jnp.int32)
-  abstract = jax.eval_shape(module.init, jax.random.key(0), dummy)
+  dummy = jnp.zeros(_DUMMY_TOKENS.shape, _DUMMY_TOKENS.dtype)
+  abstract = abstract_variables(module)
   shardings = mesh_lib.shardings_for(abstract, mesh, rules)["params"]
   init = jax.jit(lambda r: nn.meta.unbox(module.init(r, dummy))["params"], out_shardings=shardings)
   if not checkpoint:
@@ -216,7 +225,9 @@ def build_state(config, objective, mesh, rules, total_steps: int):
     raise ValueError(f"config.train.trainable={trainable_pattern!r} matches no parameter and LoRA "
                      f"is off: nothing would train")
   tx, schedules = optim.make_optimizer(config.optim, trainable, total_steps)
-  opt_state = jax.jit(tx.init)(trainable)
+  opt_state = jax.jit(tx.init, out_shardings=optimizer_shardings(
+      tx, objective.model, trainable, mesh, mesh_lib.optimizer_rules(config.mesh),
+      is_trainable))(trainable)
   replicated = _replicated(mesh)
   state = TrainState(
       step=jax.device_put(jnp.int32(0), replicated), trainable=trainable, opt_state=opt_state,
@@ -229,23 +240,48 @@ def build_state(config, objective, mesh, rules, total_steps: int):
   return state, setup, schedules
 
 
+def optimizer_shardings(tx, model: nn.Module, trainable, mesh, rules, is_trainable):
+  """Shardings of ``tx.init(trainable)``: each moment laid out like its parameter under the
+  optimizer rules of the preset (``shard_grad_op`` shards it although the parameter is
+  replicated), LoRA moments and scalars (step counts) replicated."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    base = mesh_lib.shardings_for(abstract_variables(model), mesh, rules)["params"]
+  replicated = _replicated(mesh)
+  like_params = {"params": optim.split(base, is_trainable)[0],
+                 "lora": jax.tree_util.tree_map(lambda _: replicated, trainable["lora"])}
+  return optax.tree_map_params(tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, trainable),
+                               like_params, transform_non_params=lambda _: replicated)
+
+
 def _abstract_like(tree):
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def compile_steps(setup: Setup, config, state, batch):
-  """Jitted train and eval steps; logs the compiled memory per device of the train step."""
-  step = jax.jit(functools.partial(train_step, setup, config.train.grad_accum), donate_argnums=0)
+  """``(train step, eval step, memory)``: jitted steps (the state keeps its shardings across steps)
+  and the compiled memory per device of the train step in MiB (``{}`` if the backend has none)."""
+  replicated = _replicated(setup.mesh)
+  step = jax.jit(functools.partial(train_step, setup, config.train.grad_accum), donate_argnums=0,
+                 out_shardings=(jax.tree_util.tree_map(lambda x: x.sharding, state), replicated))
   evaluate = jax.jit(functools.partial(eval_step, setup))
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     compiled = step.lower(state, setup.frozen_base, setup.frozen_models, batch).compile()
-  memory = compiled.memory_analysis()
-  if memory is not None:
-    log.info("train step memory per device: arguments %.1f MiB, temporaries %.1f MiB, outputs "
-             "%.1f MiB", memory.argument_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20,
-             memory.output_size_in_bytes / 2**20)
-  return step, evaluate
+  memory = memory_mib(compiled)
+  if memory:
+    log.info("train step memory per device (MiB): %s",
+             " ".join(f"{k}={v:.1f}" for k, v in memory.items()))
+  return step, evaluate, memory
+
+
+def memory_mib(compiled) -> dict[str, float]:
+  """``memory_analysis`` of a compiled function per device, in MiB, as
+  ``{"memory/argument_mib", "memory/temp_mib", "memory/output_mib", "memory/alias_mib"}``."""
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  return {f"memory/{name}_mib": getattr(analysis, f"{name}_size_in_bytes") / 2**20
+          for name in ("argument", "temp", "output", "alias")}
 
 
 def export_model(setup: Setup, state: TrainState, path: pathlib.Path, tokenizer) -> None:
@@ -288,7 +324,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
   # 1. Set-up.
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
-  rules = mesh_lib.as_rules(config.mesh.rules)
+  rules = mesh_lib.param_rules(config.mesh)
   checkpointing.check_run_config(workdir, config.to_dict())
   data = run_data.build(config, objective, workdir)
   total_steps = config.train.steps
@@ -310,8 +346,10 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
   # 4. Compile.
   to_device = lambda b: data.to_global(b, setup.batch_sharding)
   first = to_device(next(iterator))
-  step_fn, eval_fn = compile_steps(setup, config, state, first)
+  step_fn, eval_fn, memory = compile_steps(setup, config, state, first)
   logger = metrics_log.MetricsLogger(workdir, phase=phase, total_steps=total_steps)
+  if memory:
+    logger.write(start, memory)
   peak = flops.peak_flops(config.train.peak_flops)
   preemption = _Preemption()
 

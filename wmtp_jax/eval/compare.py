@@ -26,7 +26,7 @@ def trained_vs_untrained(config, run_dir: pathlib.Path) -> dict:
   problems = records.read_problems(problems_path)[:e.max_problems]
   tokenizer = pretrained.load_tokenizer(run_dir / train.EXPORT_DIR)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
-  rules = mesh_lib.as_rules(config.mesh.rules)
+  rules = mesh_lib.param_rules(config.mesh)
   _, trained = pretrained.load_pretrained(run_dir / train.EXPORT_DIR)
   untrained = train.initial_params(config, objective, mesh, rules)
   report = {}

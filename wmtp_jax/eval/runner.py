@@ -289,7 +289,7 @@ def run(config, workdir) -> dict:
   bench = benchmarks.get(config.benchmark)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
-  rules = mesh_lib.as_rules(config.mesh.rules)
+  rules = mesh_lib.param_rules(config.mesh)
   model, params, source = _model_and_params(config, mesh, rules)
   dataset_dir = _dataset_dir(config)
   tokenizer = _tokenizer(config, source, dataset_dir)

@@ -1,6 +1,6 @@
 """Benchmark: generation tokens/s, plain greedy vs self-speculative decoding with the MTP heads.
 
-``python -m wmtp_jax.bench generate [--checkpoint DIR] [--train-steps 300] [--batch-sizes 1,8]
+``python -m wmtp_jax.bench decode [--checkpoint DIR] [--train-steps 300] [--batch-sizes 1,8]
 [--draft-heads 1,2,3] [--n-prompts 16] [--max-new-tokens 128]``
 
 The model is a converted checkpoint / finished run (``--checkpoint``, with its tokenizer) or, by
@@ -104,7 +104,7 @@ def _timed(generator, params, prompts, repeats: int, **kwargs):
 
 
 def main(argv: list[str]) -> dict:
-  parser = argparse.ArgumentParser(prog="python -m wmtp_jax.bench generate", description=__doc__)
+  parser = argparse.ArgumentParser(prog="python -m wmtp_jax.bench decode", description=__doc__)
   parser.add_argument("--checkpoint", default="", help="converted checkpoint or training workdir")
   parser.add_argument("--train-steps", type=int, default=300)
   parser.add_argument("--batch-sizes", default="1,8")

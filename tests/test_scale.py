@@ -1,0 +1,205 @@
+"""Scale-out: sharding presets and a data × fsdp × tensor mesh on 8 fake CPU devices match one
+device; each parameter's (and optimizer moment's) sharding follows the preset's rules; remat;
+two processes through ``launch/local.py`` match one process, and a killed process ends the run."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from wmtp_jax import mtp, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# (name, preset, (data, fsdp, tensor)).
+CASES = (("full_shard", "full_shard", (1, 8, 1)), ("shard_grad_op", "shard_grad_op", (2, 4, 1)),
+         ("no_shard", "no_shard", (8, 1, 1)), ("data_fsdp_tensor", "full_shard", (2, 2, 2)))
+# ``trunk_0/attention/wq/kernel`` is ``[embed, heads, head_dim]``: (parameter, Adam moment) specs
+# (``heads`` always maps to ``tensor``, of size 1 except in the last case).
+WQ_SPECS = {
+    "full_shard": (["fsdp", "tensor", None], ["fsdp", "tensor", None]),
+    "shard_grad_op": ([None, "tensor", None], ["fsdp", "tensor", None]),
+    "no_shard": ([None, "tensor", None], [None, "tensor", None]),
+    "data_fsdp_tensor": (["fsdp", "tensor", None], ["fsdp", "tensor", None]),
+}
+
+
+def _losses(workdir: pathlib.Path) -> list[float]:
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [r["step_loss"] for r in sorted(rows, key=lambda r: r["step"]) if "step_loss" in r]
+
+
+SCRIPT = """
+    import json, pathlib, sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", 8)
+    sys.path.insert(0, {tests!r})
+    import flax.linen as nn
+    from conftest import tiny_config
+    from wmtp_jax import mesh, objectives, optim, train
+
+    def specs(tree):
+      return {{optim.path_str(tuple(k.key for k in p if hasattr(k, "key"))): [
+                   a if a is None or isinstance(a, str) else list(a) for a in x.sharding.spec]
+               + [None] * (x.ndim - len(x.sharding.spec))
+               for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}}
+
+    out = {{}}
+    for name, preset, (data, fsdp, tensor) in {cases!r}:
+      config = tiny_config("baseline", pathlib.Path({dataset!r}))
+      config.mesh.preset = preset
+      config.mesh.shape.data, config.mesh.shape.fsdp, config.mesh.shape.tensor = data, fsdp, tensor
+      train.run(config, pathlib.Path({tmp!r}) / name)
+      objective = objectives.build(config)
+      m, rules = mesh.make_mesh(config.mesh.shape), mesh.param_rules(config.mesh)
+      state, _, _ = train.build_state(config, objective, m, rules, 4)
+      # Expected: the logical names of each parameter mapped by the preset's rules.
+      logical = nn.get_partition_spec(train.abstract_variables(objective.model))["params"]
+      expected = {{}}
+      for r, key in ((rules, "params"), (mesh.optimizer_rules(config.mesh), "moments")):
+        axes = jax.tree_util.tree_map(lambda s: nn.logical_to_mesh_axes(s, r), logical,
+                                      is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+        expected[key] = {{optim.path_str(tuple(k.key for k in p)): [
+                             a if a is None or isinstance(a, str) else list(a) for a in spec]
+                         for p, spec in jax.tree_util.tree_flatten_with_path(
+                             axes, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))[0]}}
+      mu = state.opt_state[1].inner_states["default"].inner_state[0].mu["params"]
+      out[name] = dict(params=specs(state.trainable["params"]), moments=specs(mu),
+                       expected=expected)
+    config = tiny_config("baseline", pathlib.Path({dataset!r}))
+    config.mesh.shape.data, config.mesh.shape.tensor = 1, 8  # 4 heads over 8 devices
+    try:
+      train.build_state(config, objectives.build(config), mesh.make_mesh(config.mesh.shape),
+                        mesh.param_rules(config.mesh), 4)
+    except ValueError as e:
+      out["indivisible"] = str(e)
+    print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def eight_devices(small_dataset, tmp_path_factory):
+  """Every case of ``CASES`` trained in one 8-device subprocess; its parameter specs as JSON."""
+  tmp = tmp_path_factory.mktemp("scale")
+  script = tmp / "presets.py"
+  script.write_text(textwrap.dedent(SCRIPT.format(tests=str(ROOT / "tests"), cases=CASES,
+                                                  dataset=str(small_dataset), tmp=str(tmp))))
+  out = subprocess.run([sys.executable, script], check=True, env={**os.environ,
+                       "PYTHONPATH": str(ROOT)}, timeout=1200, capture_output=True, text=True)
+  return tmp, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_presets_and_tensor_parallel_match_one_device(eight_devices, small_dataset, tmp_path):
+  tmp, _ = eight_devices
+  train.run(tiny_config("baseline", small_dataset), tmp_path / "one")
+  one = _losses(tmp_path / "one")
+  assert len(one) == 4
+  for name, _, _ in CASES:
+    np.testing.assert_allclose(_losses(tmp / name), one, rtol=1e-5, err_msg=name)
+  # The compiled memory per device is logged before the first step.
+  first = json.loads((tmp / "full_shard" / "metrics.jsonl").read_text().splitlines()[0])
+  assert first["step"] == 0 and first["memory/argument_mib"] > 0 and "memory/temp_mib" in first
+
+
+def test_parameter_and_moment_shardings_follow_the_rules(eight_devices):
+  _, out = eight_devices
+  for name, _, _ in CASES:
+    specs = out[name]
+    assert specs["params"] == specs["expected"]["params"], name
+    assert specs["moments"] == specs["expected"]["moments"], name
+    wq = "trunk_0/attention/wq/kernel"
+    assert (specs["params"][wq], specs["moments"][wq]) == tuple(WQ_SPECS[name]), name
+  assert "not divisible by mesh axes tensor" in out["indivisible"]
+
+
+def _remat_loss_grads_memory(remat: str):
+  """Loss, gradients, parameter tree structure, compiled temp bytes and the bytes the backward
+  pass keeps (the leaves of the ``vjp`` closure: residuals and parameters) of a small MTP model."""
+  cfg = mtp.MTPConfig(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=16,
+                      n_future_tokens=2, max_seq_len=256, remat=remat)
+  model = mtp.MTPTransformer(cfg)
+  tokens_BxS = jax.random.randint(jax.random.key(1), (4, 256), 0, cfg.vocab_size)
+  params = model.init(jax.random.key(0), tokens_BxS[:, :8])["params"]
+
+  def loss(p):
+    logits_BxSxNxV = model.apply({"params": p}, tokens_BxS)
+    return -jnp.mean(jax.nn.log_softmax(logits_BxSxNxV)[..., 0])
+
+  fn = jax.jit(jax.value_and_grad(loss))
+  temp = fn.lower(params).compile().memory_analysis().temp_size_in_bytes
+  value, grads = fn(params)
+  kept = sum(x.nbytes for x in jax.tree_util.tree_leaves(jax.vjp(loss, params)[1]))
+  return value, grads, jax.tree_util.tree_structure(params), temp, kept
+
+
+def test_full_remat_same_loss_and_grads_less_memory():
+  loss, grads, tree, temp, kept = _remat_loss_grads_memory("none")
+  loss_r, grads_r, tree_r, temp_r, kept_r = _remat_loss_grads_memory("full")
+  assert tree_r == tree  # nn.remat keeps the parameter names
+  np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                         grads_r, grads)
+  # XLA:CPU schedules the recomputation early, so its temp memory drops only a little; what the
+  # backward pass keeps drops by > 4x (84 → 3 MiB here).
+  assert temp_r < temp and kept_r < kept / 4
+  with pytest.raises(ValueError, match="remat='everything'"):
+    mtp.MTPConfig(remat="everything")
+
+
+def _main_flags(dataset: pathlib.Path, workdir: pathlib.Path, steps: int) -> list[str]:
+  return ["--config=configs/baseline.py", f"--config.data.dir={dataset}",
+          "--config.data.batch_size=8", "--config.data.max_len=160",
+          "--config.data.bucket_lengths=(160,)", "--config.data.val_batches=1",
+          f"--config.train.steps={steps}", "--config.train.eval_every=0",
+          "--config.train.log_every=1", "--config.checkpoint.every_steps=2",
+          "--config.evaluate.enabled=False", f"--workdir={workdir}"]
+
+
+def _local_launcher(processes: int, devices: int, flags: list[str], **kw) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, ROOT / "launch" / "local.py", f"--processes={processes}",
+                           f"--devices={devices}", "--grace=5", "--", *flags], cwd=ROOT, **kw)
+
+
+def test_two_processes_match_one_process(small_dataset, tmp_path):
+  """2 processes × 2 CPU devices (gloo) give the losses of 1 process × 4 devices, same batch."""
+  launcher = _local_launcher(2, 2, _main_flags(small_dataset, tmp_path / "two", 3))
+  assert launcher.wait(timeout=600) == 0
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+  subprocess.run([sys.executable, "-m", "wmtp_jax.main",
+                  *_main_flags(small_dataset, tmp_path / "one", 3)],
+                 cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
+  two, one = _losses(tmp_path / "two" / "baseline"), _losses(tmp_path / "one" / "baseline")
+  assert len(one) == 3
+  np.testing.assert_allclose(two, one, rtol=1e-5)
+
+
+def _children(pid: int) -> list[int]:
+  return [int(c) for t in pathlib.Path(f"/proc/{pid}/task").iterdir()
+          for c in (t / "children").read_text().split()]
+
+
+def test_killing_one_process_stops_the_run(small_dataset, tmp_path):
+  launcher = _local_launcher(2, 2, _main_flags(small_dataset, tmp_path / "run", 1000),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 120
+    while len(_children(launcher.pid)) < 2 and time.monotonic() < deadline:
+      time.sleep(0.5)
+    time.sleep(15)  # both processes are initialising or training
+    os.kill(_children(launcher.pid)[1], signal.SIGKILL)
+    t0 = time.monotonic()
+    assert launcher.wait(timeout=60) != 0
+    assert time.monotonic() - t0 < 30
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()

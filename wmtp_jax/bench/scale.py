@@ -1,0 +1,142 @@
+"""Benchmark: compiled memory per device and step time of the ``full_shard`` train step on 1, 2, 4
+and 8 fake CPU devices (``fsdp`` = N), each device count in its own subprocess (the number of CPU
+devices is fixed when JAX initialises).
+
+Per device count: ``state_mib`` (parameters + optimizer state held by one device: the bytes of its
+shards), the compiled ``memory/*_mib`` of the train step (``memory_analysis``) and the median step
+time (fake devices share this machine's cores: times show overheads, not speed-ups). Target:
+``state_mib`` falls as 1/N (``state_mib · N / state_mib(1)`` within 10% of 1).
+
+``--aot=DEVICES`` instead reports the compiled memory per device of the ``baseline:7b`` train step
+(Meta 7B_1T_4, LoRA, 2048 tokens, ``--batch-size`` sequences per step) on a mesh of DEVICES fake
+CPU devices (``--aot-shape``, default all on ``fsdp``), lowered ahead of time from abstract inputs:
+nothing is allocated, so the pod shape needs no hardware.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wmtp_jax import lora, mesh as mesh_lib, objectives, optim, run_config, train
+
+TARGET_TOLERANCE = 0.10
+
+
+def _measure(n_devices: int, batch_size: int, seq_len: int, steps: int, remat: str) -> dict:
+  """Memory and step time of one device count (run in a fresh process)."""
+  jax.config.update("jax_num_cpu_devices", n_devices)  # before the first use of a device
+
+  config = run_config.baseline("tiny")
+  config.mesh.shape.data, config.mesh.shape.fsdp = 1, -1
+  config.mesh.preset = "full_shard"
+  config.data.batch_size, config.data.max_len = batch_size, seq_len
+  config.model.remat = remat
+  objective = objectives.build(config)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = mesh_lib.param_rules(config.mesh)
+  state, setup, _ = train.build_state(config, objective, mesh, rules, steps + 1)
+  tokens_BxS = np.random.default_rng(0).integers(0, config.model.vocab_size, (batch_size, seq_len))
+  batch = jax.device_put({"tokens": tokens_BxS, "labels": tokens_BxS,
+                          "attention_mask": np.ones_like(tokens_BxS)}, setup.batch_sharding)
+  step, _, memory = train.compile_steps(setup, config, state, batch)
+  device = jax.devices()[0]
+  state_bytes = sum(s.data.nbytes for x in jax.tree_util.tree_leaves((state.trainable,
+                                                                      state.opt_state))
+                    for s in x.addressable_shards if s.device == device)
+  times = []
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    for _ in range(steps + 1):
+      t0 = time.perf_counter()
+      state, metrics = step(state, setup.frozen_base, setup.frozen_models, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - t0)
+  return {"devices": n_devices, "state_mib": state_bytes / 2**20, **memory,
+          "step_time_s": statistics.median(times[1:])}
+
+
+def _aot_memory(n_devices: int, shape: str, preset: str, batch_size: int, remat: str) -> dict:
+  """Compiled memory per device of the ``baseline:7b`` train step, from abstract inputs."""
+  jax.config.update("jax_num_cpu_devices", n_devices)  # before the first use of a device
+
+  config = run_config.baseline("7b")
+  for axis, size in (kv.split("=") for kv in shape.split(",")):
+    config.mesh.shape[axis] = int(size)
+  config.mesh.preset = preset
+  config.model.remat = remat
+  objective = objectives.build(config)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = mesh_lib.param_rules(config.mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxes = train.abstract_variables(objective.model)
+    params = jax.tree_util.tree_map(abstract, mesh_lib.strip_boxes(boxes)["params"],
+                                    mesh_lib.shardings_for(boxes, mesh, rules)["params"])
+  is_trainable = optim.regex_matcher(config.train.trainable, where="config.train.trainable")
+  trainable_params, frozen_base = optim.split(params, is_trainable)
+  lora_cfg = lora.LoRAConfig(**config.lora.settings)
+  adapters = jax.eval_shape(lambda p: lora.init(jax.random.key(0), p, lora_cfg), params)
+  trainable = {"params": trainable_params,
+               "lora": jax.tree_util.tree_map(lambda x: abstract(x, replicated), adapters)}
+  tx, _ = optim.make_optimizer(config.optim, trainable, config.train.steps)
+  opt_state = jax.tree_util.tree_map(
+      abstract, jax.eval_shape(tx.init, trainable),
+      train.optimizer_shardings(tx, objective.model, trainable, mesh,
+                                mesh_lib.optimizer_rules(config.mesh), is_trainable))
+  scalar = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+  state = train.TrainState(step=scalar(jnp.int32), trainable=trainable, opt_state=opt_state, aux={},
+                           rng=scalar(jnp.uint32, (2,)), skipped=scalar(jnp.int32),
+                           bad_streak=scalar(jnp.int32))
+  batch_sharding = nn.logical_to_mesh_sharding(jax.sharding.PartitionSpec("batch"), mesh, rules)
+  tokens = jax.ShapeDtypeStruct((batch_size, config.data.max_len), jnp.int32,
+                                sharding=batch_sharding)
+  batch = {"tokens": tokens, "labels": tokens, "attention_mask": tokens}
+  setup = train.Setup(objective, lora_cfg, tx, frozen_base, {}, mesh, rules, batch_sharding)
+  _, _, memory = train.compile_steps(setup, config, state, batch)
+  return {"model": "baseline:7b", "devices": n_devices, "mesh": dict(mesh.shape),
+          "preset": preset, "remat": remat, "batch_size": batch_size,
+          "seq_len": config.data.max_len, **memory,
+          "lower_and_compile_s": time.perf_counter() - t0}
+
+
+def main(argv: list[str]) -> dict:
+  parser = argparse.ArgumentParser(prog="python -m wmtp_jax.bench scale", description=__doc__)
+  parser.add_argument("--devices", default="1,2,4,8")
+  parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--seq-len", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
+  parser.add_argument("--remat", default="none", help="config.model.remat of the model")
+  parser.add_argument("--aot", type=int, default=0,
+                      help="report the 7b train step's compiled memory on this many fake devices")
+  parser.add_argument("--aot-shape", default="data=1,fsdp=-1,tensor=1")
+  parser.add_argument("--aot-preset", default="full_shard")
+  parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.aot:
+    return _aot_memory(args.aot, args.aot_shape, args.aot_preset, args.batch_size, args.remat)
+  if args.worker:
+    return _measure(args.worker, args.batch_size, args.seq_len, args.steps, args.remat)
+  rows = []
+  for n in (int(d) for d in args.devices.split(",")):
+    out = subprocess.run(
+        [sys.executable, "-m", "wmtp_jax.bench", "scale", f"--worker={n}",
+         f"--batch-size={args.batch_size}", f"--seq-len={args.seq_len}", f"--steps={args.steps}",
+         f"--remat={args.remat}"],
+        check=True, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    rows.append(json.loads(out.stdout))
+  one = rows[0]["state_mib"] * rows[0]["devices"]
+  for row in rows:
+    row["state_scaling"] = row["state_mib"] * row["devices"] / one  # 1.0 = exactly 1/N
+  return {"preset": "full_shard", "model": "tiny", "remat": args.remat,
+          "batch_size": args.batch_size, "seq_len": args.seq_len, "rows": rows,
+          "target_met": all(abs(r["state_scaling"] - 1) <= TARGET_TOLERANCE for r in rows)}

@@ -1,0 +1,135 @@
+"""``python -m wmtp_jax.bench step``: the full ``verifiable`` train step — tokens/s, MFU, time split.
+
+For the ``tiny`` preset and a ``small`` MTP model (~50M parameters, vocab 32000) with a small
+critic, on random token batches: the jitted train step's time, tokens/s and MFU against this
+device's matmul peak measured in the same run (``flops.measure_peak_flops``), the compiled memory
+per device, and the time of its parts each jitted alone (critic forward, weighting, policy
+forward + backward, optimizer update). The parts overlap and fuse inside the real step, so their
+sum need not equal it.
+"""
+
+import argparse
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from wmtp_jax import (IGNORE_INDEX, flops, losses, mesh as mesh_lib, objectives, presets, run_config,
+                      train, weighting)
+from wmtp_jax.objectives import base
+
+SMALL_POLICY = dict(dim=512, n_layers=12, n_heads=8, n_kv_heads=8, vocab_size=32000,
+                    multiple_of=64, n_future_tokens=4, max_seq_len=512)
+SMALL_CRITIC = dict(vocab_size=32000, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
+
+
+def _config(model: str):
+  config = run_config.verifiable("tiny")
+  if model == "small":
+    config.model.update(presets.mtp("tiny", **SMALL_POLICY))
+    config.critic.model.update(SMALL_CRITIC)
+  return config
+
+
+def _batch(config, batch: int, seq: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, config.model.vocab_size, size=(batch, seq), dtype=np.int32)
+  labels = tokens.copy()
+  labels[:, : seq // 4] = IGNORE_INDEX  # a prompt
+  return {"tokens": jnp.asarray(tokens), "labels": jnp.asarray(labels),
+          "attention_mask": jnp.ones((batch, seq), jnp.int32),
+          "is_correct": jnp.ones((batch,), jnp.float32)}
+
+
+def _time(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def _parts(setup, state, batch, repeats: int) -> dict[str, float]:
+  """Median seconds of each part of the step, jitted alone."""
+  objective = setup.objective
+  critic = objective.frozen_models["critic"]
+  w = objective.config.weighting
+  critic_fwd = jax.jit(lambda p, b: critic.apply({"params": p}, b["tokens"], b["attention_mask"]))
+  values = critic_fwd(setup.frozen_models["critic"], batch)
+  mask = base.response_mask(batch)
+
+  @jax.jit
+  def weights(values, ema):
+    adv = weighting.gae_advantages(values, mask, gamma=w.gamma, lam=w.lam)
+    return weighting.exp_weights(adv, mask, beta=w.beta, mean=ema.mean, std=ema.std)
+
+  fixed_w = weights(values, state.aux["ema"])
+  norms = objective.normalizers(batch)
+
+  def policy_loss(trainable):
+    params = train.full_params(trainable, setup.frozen_base)
+    apply = train.model_apply(setup, trainable["lora"], None)
+    ce, valid = objective.policy_terms(params, apply, batch)
+    return base.weighted_ce(ce, valid, losses.expand_weights(fixed_w, objective.n), norms)[0]
+
+  policy_fb = jax.jit(jax.value_and_grad(policy_loss))
+  _, grads = policy_fb(state.trainable)
+
+  @jax.jit
+  def optimizer(grads, opt_state, trainable):
+    updates, opt_state = setup.tx.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), opt_state
+
+  return {
+      "critic_forward_s": _time(critic_fwd, setup.frozen_models["critic"], batch, repeats=repeats),
+      "weighting_s": _time(weights, values, state.aux["ema"], repeats=repeats),
+      "policy_forward_backward_s": _time(policy_fb, state.trainable, repeats=repeats),
+      "optimizer_s": _time(optimizer, grads, state.opt_state, state.trainable, repeats=repeats),
+  }
+
+
+def measure(model: str, batch_size: int, seq: int, repeats: int, peak: float) -> dict:
+  config = _config(model)
+  objective = objectives.build(config)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = mesh_lib.param_rules(config.mesh)
+  state, setup, _ = train.build_state(config, objective, mesh, rules, total_steps=1000)
+  batch = _batch(config, batch_size, seq)
+  step_fn, _, memory = train.compile_steps(setup, config, state, batch)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    holder = {"state": state}
+
+    def one_step():
+      holder["state"], metrics = step_fn(holder["state"], setup.frozen_base, setup.frozen_models,
+                                         batch)
+      return metrics
+
+    step_s = _time(one_step, repeats=repeats)
+    parts = _parts(setup, holder["state"], batch, repeats)
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(
+      train.full_params(holder["state"].trainable, setup.frozen_base)))
+  tokens = batch_size * seq
+  step_flops = flops.train_flops_per_token(objective, seq) * tokens
+  return {"model": model, "policy_params": int(n_params), "batch": batch_size, "seq_len": seq,
+          "step_s": step_s, "tokens_per_s": tokens / step_s,
+          "step_tflop": step_flops / 1e12, "mfu": step_flops / step_s / peak, **parts, **memory}
+
+
+def main(argv: list[str]) -> dict:
+  parser = argparse.ArgumentParser(prog="python -m wmtp_jax.bench step", description=__doc__)
+  parser.add_argument("--models", default="tiny,small")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--seq", type=int, default=256)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args(argv)
+  peak = flops.measure_peak_flops() * jax.device_count()
+  results = [measure(m, args.batch, args.seq, args.repeats, peak)
+             for m in args.models.split(",")]
+  return {"device": jax.devices()[0].device_kind, "n_devices": jax.device_count(),
+          "measured_peak_flops": peak, "mfu_target_small": 0.4, "results": results}
