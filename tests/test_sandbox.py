@@ -416,3 +416,17 @@ def test_degraded_modes_still_protect_caller_files_and_processes(mode):
     assert processes_with(f"sleep\0{daemon_marker}") == []
   finally:
     shutil.rmtree(victim_dir)
+
+
+def test_caller_in_a_virtualenv_under_a_masked_directory(tmp_path):
+  """A caller whose interpreter is a virtualenv under ``/tmp`` (masked inside the sandbox; CI
+  creates its venv there) still runs programs: the venv root stays visible."""
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+  root = str(pathlib.Path(__file__).resolve().parents[1])
+  probe = (f"import sys; sys.path.insert(0, {root!r}); from wmtp_jax import sandbox; "
+           f"r = sandbox.run_python('import sys; print(sys.prefix)'); print(r.passed, r.stdout)")
+  out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["True", str(venv)]

@@ -455,10 +455,17 @@ def _outermost(paths: list[str]) -> list[str]:
 
 
 def _needed_dirs(workdir: str) -> list[str]:
-  """What the program needs to see: its working directory, the interpreter's prefixes and binary."""
-  binary_dir = os.path.dirname(os.path.realpath(sys.executable))
+  """What the program needs to see: its working directory, the interpreter's prefixes and binary.
+
+  The wrapper runs with ``-S``, so ``sys.prefix`` is the base installation even when the caller
+  runs in a virtualenv; the virtualenv's root (its ``pyvenv.cfg`` and ``bin/``, e.g. under the
+  masked ``/tmp``) is kept from ``sys.executable`` itself.
+  """
+  executable = os.path.abspath(sys.executable)
+  env_root = os.path.dirname(os.path.dirname(executable))
+  binary_dir = os.path.dirname(os.path.realpath(executable))
   return _outermost([os.path.realpath(p)
-                     for p in (workdir, sys.base_prefix, sys.prefix, binary_dir)])
+                     for p in (workdir, sys.base_prefix, sys.prefix, env_root, binary_dir)])
 
 
 def _hidden_ancestor(path: str) -> str | None:
