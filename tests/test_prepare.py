@@ -305,8 +305,8 @@ def test_gsm8k_bad_lines_and_stable_ids(tmp_path):
 def test_failed_conversion_leaves_existing_files_untouched(tmp_path):
   out, _ = _cc(tmp_path, FIXTURES / "original")
   before = {p.name: p.read_bytes() for p in out.iterdir()}
-  src = _copy_with(FIXTURES / "original" / "code_contests_valid.jsonl",
-                   tmp_path / "src" / "code_contests_valid.jsonl", '"PYTHON3"', '"COBOL"')
+  _copy_with(FIXTURES / "original" / "code_contests_valid.jsonl",
+             tmp_path / "src" / "code_contests_valid.jsonl", '"PYTHON3"', '"COBOL"')
   (tmp_path / "src" / "code_contests_train.jsonl").write_bytes(
       (FIXTURES / "original" / "code_contests_train.jsonl").read_bytes())
   with pytest.raises(DataError, match="unknown language 'COBOL'"):

@@ -28,7 +28,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from wmtp_jax import (checkpointing, flops, lora, mesh as mesh_lib, metrics_log, objectives, optim,

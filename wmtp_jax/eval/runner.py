@@ -7,7 +7,6 @@ training); ``run(config, workdir)`` is the ``evaluate`` pipeline of ``wmtp_jax.m
 ``summary.json`` and tensorboard scalars into ``workdir``, and prints a table.
 """
 
-import dataclasses
 import json
 import logging
 import pathlib
