@@ -7,11 +7,10 @@ import types
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wmtp_jax import IGNORE_INDEX
+from wmtp_jax import IGNORE_INDEX, checkpointing
 from wmtp_jax.data import pipeline, records, samplers, template
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
 
@@ -124,12 +123,17 @@ def test_iterator_state_restores_through_orbax(env, tmp_path):
   ds = _dataset(env, np.arange(N_RECORDS), num_epochs=None, drop_remainder=True)
   iterator = iter(ds)
   _take(iterator, 5)
-  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
-    pipeline.save_iterator(manager, 5, iterator)
-    manager.wait_until_finished()
+  state = {"step": jax.numpy.int32(5)}
+  checkpointer = checkpointing.Checkpointer(tmp_path, every_steps=100, keep=1)  # the trainer's
+  assert checkpointer.save(5, state, iterator, force=True)
+  checkpointer.close()
   expected = _take(iterator, 6)
-  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
-    restored = pipeline.restore_iterator(manager, iter(ds))
+  checkpointer = checkpointing.Checkpointer(tmp_path, every_steps=100, keep=1)
+  restored = iter(ds)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  assert int(checkpointer.restore(5, abstract, restored)["step"]) == 5
+  checkpointer.close()
   _assert_same(_take(restored, 6), expected)
 
 

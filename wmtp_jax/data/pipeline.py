@@ -21,9 +21,9 @@ Batches are dicts of numpy arrays: ``tokens, labels, attention_mask [B, S] int32
 carry the ``collate`` keys prefixed ``pos_``/``neg_`` (both ``[B, S]``) and ``dropped_before``.
 
 The iterator (``iter(dataset)``) is checkpointable: ``get_state()``/``set_state(state)`` (a JSON
-dict), and with Orbax via ``save_iterator``/``restore_iterator`` or, next to other items in one
-``CheckpointManager`` step, ``ocp.args.Composite(**{DATA_ITEM: grain.checkpoint.CheckpointSave(
-iterator)}, …)``. A state restores only into a pipeline built with the same arguments.
+dict); ``wmtp_jax.checkpointing.Checkpointer`` saves it with the train state in one Orbax step
+(``grain.checkpoint.CheckpointSave``, one file per process). A state restores only into a pipeline
+built with the same arguments (and the same process count).
 """
 
 import dataclasses
@@ -34,12 +34,8 @@ from absl import flags
 import grain
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from wmtp_jax.data import template
-
-DATA_ITEM = "data"
-"""Item name of the data-iterator state in an Orbax ``CheckpointManager`` step."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,24 +159,3 @@ def to_global_batch(batch: dict[str, np.ndarray],
   so it applies to the ``[B, S]`` and the ``[B]`` entries alike.
   """
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-def save_iterator(manager: ocp.CheckpointManager, step: int,
-                  iterator: grain.DatasetIterator) -> bool:
-  """Saves the iterator state as item ``DATA_ITEM`` of ``step`` (one JSON file per process)."""
-  return manager.save(step, args=ocp.args.Composite(
-      **{DATA_ITEM: grain.checkpoint.CheckpointSave(iterator)}))
-
-
-def restore_iterator(manager: ocp.CheckpointManager, iterator: grain.DatasetIterator,
-                     step: int | None = None) -> grain.DatasetIterator:
-  """Sets ``iterator`` to its state saved at ``step`` (default: the latest) and returns it.
-
-  ``iterator`` must come from a pipeline built with the saved pipeline's arguments.
-  """
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-  manager.restore(step, args=ocp.args.Composite(
-      **{DATA_ITEM: grain.checkpoint.CheckpointRestore(iterator)}))
-  return iterator
