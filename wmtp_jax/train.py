@@ -177,15 +177,21 @@ def init_params(module: nn.Module, rng, mesh, rules, *, checkpoint: str = "", wh
   dummy = jnp.zeros(_DUMMY_TOKENS.shape, _DUMMY_TOKENS.dtype)
   abstract = abstract_variables(module)
   shardings = mesh_lib.shardings_for(abstract, mesh, rules)["params"]
-  init = jax.jit(lambda r: nn.meta.unbox(module.init(r, dummy))["params"], out_shardings=shardings)
+
+  def init(names):
+    """Initialise only the top-level subtrees ``names`` (XLA drops the rest of ``module.init``)."""
+    fn = lambda r: {k: v for k, v in nn.meta.unbox(module.init(r, dummy))["params"].items()
+                    if k in names}
+    return jax.jit(fn, out_shardings={k: shardings[k] for k in names})(rng)
+
   if not checkpoint:
-    return init(rng)
+    return init(set(shardings))
   abstract_params = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       mesh_lib.strip_boxes(abstract)["params"], shardings)
   restored = checkpointing.load_params(pathlib.Path(checkpoint), abstract_params, where=where)
   missing = set(abstract_params) - set(restored)
-  return {**{k: v for k, v in init(rng).items() if k in missing}, **restored} if missing else restored
+  return {**init(missing), **restored} if missing else restored
 
 
 def _replicated(mesh):
