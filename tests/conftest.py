@@ -18,8 +18,10 @@ def small_dataset(tmp_path_factory) -> pathlib.Path:
 
 
 def tiny_config(pipeline: str, dataset: pathlib.Path, **train):
-  """The tiny config of ``pipeline`` shrunk further for tests, reading ``dataset``."""
-  config = getattr(run_config, pipeline)("tiny")
+  """The tiny config of ``pipeline`` (``"verifiable:shared_head"``: with options) shrunk further
+  for tests, reading ``dataset``."""
+  name, _, options = pipeline.partition(":")
+  config = getattr(run_config, name)(",".join(["tiny", options]) if options else "tiny")
   configs = [config]
   for name in ("critic", "reference"):
     if name in config:

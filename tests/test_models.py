@@ -45,14 +45,21 @@ def test_mtp_matches_meta_torch_reference():
                              rtol=1e-5, atol=1e-5)
 
 
-def test_mtp_hidden_and_trunk_outputs():
-  cfg = MTPConfig(**TINY_MTP)
+def test_mtp_hidden_trunk_and_shared_value_head_outputs():
+  cfg = MTPConfig(**TINY_MTP, value_head="linear", value_head_bias_init=0.5)
   model = MTPTransformer(cfg)
   tokens, mask = padded_batch(np.random.default_rng(1), cfg.vocab_size, 2, 9, [9, 5])
   variables = model.init(jax.random.key(0), tokens, mask)
   logits = model.apply(variables, tokens, mask)
-  hidden, trunk = model.apply(variables, tokens, mask, return_hidden=True, return_trunk_hidden=True)
-  kernel = nn.meta.unbox(variables)["params"]["output"]["kernel"]
+  hidden, trunk, values = model.apply(variables, tokens, mask, return_hidden=True,
+                                      return_trunk_hidden=True, return_values=True)
+  params = nn.meta.unbox(variables)["params"]
+  kernel = params["output"]["kernel"]
+  head = params["value_head"]["out"]
+  assert values.shape == (2, 9) and head["bias"].tolist() == [0.5]
+  np.testing.assert_allclose(values, (trunk @ head["kernel"])[..., 0] + 0.5, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="value head"):
+    MTPTransformer(MTPConfig(**TINY_MTP)).apply(variables, tokens, mask, return_values=True)
   assert hidden.shape == (2, 9, cfg.n_future_tokens, cfg.dim) and trunk.shape == (2, 9, cfg.dim)
   np.testing.assert_allclose(hidden @ kernel, logits, rtol=1e-5, atol=1e-5)
   # The trunk output is final-normed: its RMS per position is the norm weight's RMS (ones at init).

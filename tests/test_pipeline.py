@@ -132,9 +132,56 @@ def test_iterator_state_restores_through_orbax(env, tmp_path):
   restored = iter(ds)
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  assert int(checkpointer.restore(5, abstract, restored)["step"]) == 5
+  assert int(checkpointer.restore(5, abstract, restored, num_indices=N_RECORDS)["step"]) == 5
   checkpointer.close()
   _assert_same(_take(restored, 6), expected)
+
+
+def _layout(env, indices, count, **kwargs):
+  """The train iterators of ``count`` processes, global batch 8."""
+  return [iter(_dataset(env, indices, batch_size=8 // count, num_epochs=None, drop_remainder=True,
+                        process_index=p, process_count=count, **kwargs)) for p in range(count)]
+
+
+def _global_steps(env, iterators, n):
+  """Record ids of each of ``n`` global batches (every process's batch of the step), sorted."""
+  return [sorted(i for it in iterators for i in _ids(env, next(it))) for _ in range(n)]
+
+
+def _resharded(env, indices, states, count, **kwargs):
+  iterators = _layout(env, indices, count, **kwargs)
+  exact = set()
+  for p, it in enumerate(iterators):
+    state, is_exact = pipeline.reshard_state(states, len(indices), process_index=p,
+                                             process_count=count)
+    it.set_state(state)
+    exact.add(is_exact)
+  return iterators, exact
+
+
+def test_iterator_state_reshards_across_process_counts(env):
+  indices = np.arange(N_RECORDS)  # divisible by 1, 2 and 4; no record dropped: layouts agree
+  one = _global_steps(env, _layout(env, indices, 1), 26)  # 20 steps per epoch
+  two = _layout(env, indices, 2)
+  assert _global_steps(env, two, 7) == one[:7]
+  states = [json.loads(json.dumps(it.get_state())) for it in two]
+  for count in (1, 4):
+    iterators, exact = _resharded(env, indices, states, count)
+    assert exact == {True}
+    assert _global_steps(env, iterators, 19) == one[7:], count  # across the epoch end
+  iterators, exact = _resharded(env, indices, [{"next_index": 7 * 8}], 2)  # 1 process → 2
+  assert exact == {True} and _global_steps(env, iterators, 3) == one[7:10]
+
+  # Dropped records: the two shards have read different numbers of elements by step 7, so the
+  # resharded stream restarts at their total and rereads / skips the few elements in between.
+  two = _layout(env, indices, 2, truncation="drop")
+  _global_steps(env, two, 7)
+  states = [it.get_state() for it in two]
+  assert states[0] != states[1]
+  assert _resharded(env, indices, states, 1, truncation="drop")[1] == {False}
+  with pytest.raises(ValueError, match="config.data.workers"):
+    pipeline.reshard_state([{"next_index_in_cycle": 0}], N_RECORDS, process_index=0,
+                           process_count=2)
 
 
 def test_pairwise_batches(env):

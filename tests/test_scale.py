@@ -1,10 +1,12 @@
 """Scale-out: sharding presets and a data × fsdp × tensor mesh on 8 fake CPU devices match one
 device; each parameter's (and optimizer moment's) sharding follows the preset's rules; remat;
-two processes through ``launch/local.py`` match one process, and a killed process ends the run."""
+two processes through ``launch/local.py`` match one process, their checkpoint resumes in one
+process, and a killed process ends the run."""
 
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from wmtp_jax import mtp, train
+from wmtp_jax import checkpointing, mtp, pretrained, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -170,17 +172,49 @@ def _local_launcher(processes: int, devices: int, flags: list[str], **kw) -> sub
                            f"--devices={devices}", "--grace=5", "--", *flags], cwd=ROOT, **kw)
 
 
-def test_two_processes_match_one_process(small_dataset, tmp_path):
-  """2 processes × 2 CPU devices (gloo) give the losses of 1 process × 4 devices, same batch."""
-  launcher = _local_launcher(2, 2, _main_flags(small_dataset, tmp_path / "two", 3))
-  assert launcher.wait(timeout=600) == 0
+def _one_process(flags: list[str]) -> subprocess.CompletedProcess:
+  """``wmtp_jax.main`` in 1 process × 4 CPU devices; its output (stderr has the log)."""
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
-  subprocess.run([sys.executable, "-m", "wmtp_jax.main",
-                  *_main_flags(small_dataset, tmp_path / "one", 3)],
-                 cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
-  two, one = _losses(tmp_path / "two" / "baseline"), _losses(tmp_path / "one" / "baseline")
+  return subprocess.run([sys.executable, "-m", "wmtp_jax.main", *flags], cwd=ROOT, env=env,
+                        check=True, timeout=600, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_and_one(small_dataset, tmp_path_factory):
+  """The run directories of one 3-step run (checkpoints at steps 2 and 3) trained in 2 processes ×
+  2 CPU devices (gloo) and in 1 process × 4 devices."""
+  tmp = tmp_path_factory.mktemp("layouts")
+  launcher = _local_launcher(2, 2, _main_flags(small_dataset, tmp / "two", 3))
+  assert launcher.wait(timeout=600) == 0
+  _one_process(_main_flags(small_dataset, tmp / "one", 3))
+  return tmp / "two" / "baseline", tmp / "one" / "baseline"
+
+
+def test_two_processes_match_one_process(two_and_one):
+  """2 processes × 2 CPU devices give the losses of 1 process × 4 devices, same batch."""
+  two, one = (_losses(workdir) for workdir in two_and_one)
   assert len(one) == 3
   np.testing.assert_allclose(two, one, rtol=1e-5)
+
+
+def test_two_process_checkpoint_resumes_in_one_process(two_and_one, small_dataset, tmp_path):
+  """The 2-process run's step-2 checkpoint resumed in 1 process: the data iterator state (one file
+  per process) is resharded exactly, so step 3 and the final params are the 1-process run's."""
+  two, one = two_and_one
+  resumed = tmp_path / "resumed" / "baseline"
+  (resumed / "checkpoints").mkdir(parents=True)
+  shutil.copy(two / checkpointing.CONFIG_FILE, resumed)
+  shutil.copytree(two / "checkpoints" / "2", resumed / "checkpoints" / "2")
+  log = _one_process(_main_flags(small_dataset, tmp_path / "resumed", 3)).stderr
+  assert "saved by 2 processes, resumed in 1: resharded to global element 16" in log
+  assert "exact" in log and "approximate" not in log
+  np.testing.assert_allclose(_losses(resumed), _losses(one)[2:], rtol=1e-5)
+  _, params = pretrained.load_pretrained(resumed / train.EXPORT_DIR)
+  _, expected = pretrained.load_pretrained(one / train.EXPORT_DIR)
+  # The runs differ only by float summation order in steps 1-2 (the rows of a global batch are
+  # ordered by process): 1.5e-7 at most here, for updates of up to lr = 3e-3 per step.
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
+                         params, expected)
 
 
 def _children(pid: int) -> list[int]:

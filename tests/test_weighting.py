@@ -439,6 +439,20 @@ def test_selection_ratio_per_head():
   np.testing.assert_allclose(W.selection_ratio_per_head(w, valid), want, **SIMPLE)
 
 
+def test_weight_histogram():
+  rng = np.random.default_rng(5)
+  w = rng.uniform(-0.5, 3.5, size=(4, 9, 3)).astype(np.float32)
+  w[0, 0, 0], w[0, 0, 1] = 3.0, 0.0  # exactly the upper bound and 0
+  valid = rng.random((4, 9, 3)) < 0.7
+  want = np.zeros(30)
+  for b, t, k in np.ndindex(*w.shape):
+    if valid[b, t, k]:
+      want[min(max(int(np.floor(w[b, t, k] * 30 / 3.0)), 0), 29)] += 1  # width 3.0 / 30
+  got = W.weight_histogram(w, valid, upper=3.0)
+  np.testing.assert_array_equal(got, want)
+  assert got.sum() == valid.sum()
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_rho1_continuous_weights(normalize):
   policy, ref, mask = make_ce(13, 6, 17, 4, ties=False)

@@ -4,7 +4,8 @@ A run directory ``WORKDIR`` holds::
 
     config.json                 the resolved config of the run (a different config is an error)
     checkpoints/<step>/state    train state: params, optimizer state, step, RNG, EMA statistics …
-    checkpoints/<step>/data     the Grain iterator state (one file per process)
+    checkpoints/<step>/data     the Grain iterator state (one file per process; restorable in
+                                another process count, see ``Checkpointer.restore``)
     checkpoints/<step>/metrics  the validation metrics used to keep the best checkpoint
 
 Checkpoints are written every ``every_steps`` and at the end; the last ``keep`` are kept plus the
@@ -13,7 +14,9 @@ with its shardings as the target, so every process reads only its shards.
 """
 
 import json
+import logging
 import pathlib
+import re
 from typing import Any
 
 import grain
@@ -22,7 +25,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from wmtp_jax import pretrained
+from wmtp_jax.data import pipeline
 
+log = logging.getLogger("wmtp_jax")
 CONFIG_FILE = "config.json"
 
 
@@ -91,16 +96,52 @@ class Checkpointer:
       self.manager.wait_until_finished()
     return saved
 
-  def restore(self, step: int, abstract_state, data_iterator):
+  def restore(self, step: int, abstract_state, data_iterator, *, num_indices: int):
     """The state at ``step`` laid out as ``abstract_state`` (``ShapeDtypeStruct`` with shardings);
-    ``data_iterator`` is moved to the saved position in place."""
+    ``data_iterator`` is moved to the saved position in place.
+
+    A data state saved by another number of processes is resharded for this one
+    (``pipeline.reshard_state``; ``num_indices``: elements per epoch of the train pipeline), with a
+    warning saying whether the resumed stream is exact.
+    """
+    data_dir = self.directory / str(step) / "data"
+    saved = _saved_process_count(data_dir)
+    if saved == jax.process_count():
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      return restored.state
     restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    states = [json.loads((data_dir / f"process_{p}-of-{saved}.json").read_text())
+              for p in range(saved)]
+    data_state, exact = pipeline.reshard_state(states, num_indices,
+                                               process_index=jax.process_index(),
+                                               process_count=jax.process_count())
+    data_iterator.set_state(data_state)
+    log.warning("%s: data iterator state saved by %d processes, resumed in %d: resharded to "
+                "global element %d (next_index=%d here); %s", data_dir, saved,
+                jax.process_count(), sum(int(s["next_index"]) for s in states),
+                data_state["next_index"],
+                "exact (the saved processes had read exactly the elements before it)" if exact else
+                "approximate (the saved shards had not read a common prefix of the global stream: "
+                "records were dropped or the shards' epochs ended at different positions), so a "
+                "few elements around it are read twice or skipped")
     return restored.state
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _saved_process_count(data_dir: pathlib.Path) -> int:
+  """The process count of the Grain state files ``process_<i>-of-<count>.json`` in ``data_dir``."""
+  counts = {int(m.group(1)) for f in data_dir.glob("process_*-of-*.json")
+            if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f.name))}
+  if len(counts) != 1:
+    raise ValueError(f"{data_dir}: expected the data iterator state files "
+                     f"process_<i>-of-<count>.json of one process count, found the counts "
+                     f"{sorted(counts)}")
+  return counts.pop()
 
 
 def load_params(path: pathlib.Path, abstract_params, *, where: str):

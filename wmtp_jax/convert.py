@@ -418,9 +418,13 @@ def main(argv: list[str]) -> dict:
   tokenizer = src / pretrained.TOKENIZER_DIR
   tokenizer = tokenizer if tokenizer.is_dir() else None
   if args.command == "export-hf":
-    return export_hf(config, params, args.dst, dtype=dtype, tokenizer=tokenizer,
-                     max_shard_size=args.max_shard_size)
-  return export_meta(config, params, args.dst, dtype=dtype, tokenizer=tokenizer)
+    summary = export_hf(config, params, args.dst, dtype=dtype, tokenizer=tokenizer,
+                        max_shard_size=args.max_shard_size)
+  else:
+    summary = export_meta(config, params, args.dst, dtype=dtype, tokenizer=tokenizer)
+  if isinstance(config, MTPConfig) and config.value_head:  # a shared-head verifiable policy
+    summary["not_exported"] = "value_head (the Meta and HF layouts have no place for it)"
+  return summary
 
 
 if __name__ == "__main__":

@@ -219,16 +219,39 @@ REMAT_POLICIES = {
 }
 
 
-def block_class(remat: str) -> type[nn.Module]:
+def block_class(remat: str, *, prevent_cse: bool = True) -> type[nn.Module]:
   """``Block``, or ``Block`` rematerialised with policy ``remat`` (same parameter names).
 
-  ``remat``: ``"none"`` or a key of ``REMAT_POLICIES``.
+  ``remat``: ``"none"`` or a key of ``REMAT_POLICIES``. ``prevent_cse=False`` inside ``nn.scan``
+  (the scan already keeps XLA from merging the recomputation into the forward pass).
   """
   if remat == "none":
     return Block
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r}: expected 'none' or one of {sorted(REMAT_POLICIES)}")
-  return nn.remat(Block, policy=REMAT_POLICIES[remat])
+  return nn.remat(Block, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse)
+
+
+def _scan_body(block, x_BxSxD, *broadcast):
+  return block(x_BxSxD, *broadcast), None
+
+
+def scanned_blocks(x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B=None, *,
+                   cfg: BlockConfig, remat: str, n_blocks: int, name: str):
+  """``n_blocks`` chained blocks (``block_class(remat)``) run as one ``flax.linen.scan`` loop:
+  XLA compiles one block instead of ``n_blocks``. Call from a compact method; returns ``[B, S, D]``.
+
+  The blocks' parameters form one subtree ``name`` whose leaves carry a leading ``layers`` axis
+  ``[n_blocks, …]`` (``wmtp_jax.scan_layout`` converts to and from the per-layer layout); the
+  KV-cache variables likewise ``[n_blocks, B, C, K, H]``. Computes what the unrolled blocks do
+  (up to the fp32 summation order); a fresh init draws other random values than theirs.
+  """
+  scan = nn.scan(_scan_body, variable_axes={"params": 0, "cache": 0},
+                 split_rngs={"params": True}, in_axes=nn.broadcast, length=n_blocks,
+                 metadata_params={nn.PARTITION_NAME: "layers"})
+  block = block_class(remat, prevent_cse=False)(cfg, name=name)
+  out_BxSxD, _ = scan(block, x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B)
+  return out_BxSxD
 
 
 class Embed(nn.Module):

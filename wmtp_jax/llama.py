@@ -1,7 +1,8 @@
 """Plain LLaMA (Hugging Face-style config): the reference model and the value (critic) model.
 
 Parameter tree (Flax names; ``wmtp_jax.weights`` maps a HF ``LlamaForCausalLM`` state dict onto it):
-``model/embed_tokens/embedding [V, D]``, ``model/layers_{i}/…`` (``layers.Block``),
+``model/embed_tokens/embedding [V, D]``, ``model/layers_{i}/…`` (``layers.Block``; with
+``scan_layers`` one ``model/layers/…`` ``[num_hidden_layers, …]``),
 ``model/norm/weight [D]``, and ``lm_head/kernel [D, V]`` (``LlamaForCausalLM``) or
 ``value_head/…`` (``ValueModel``).
 
@@ -45,6 +46,7 @@ class LlamaConfig:
   value_head_dropout: float = 0.1
   value_head_bias_init: float = 0.0
   remat: str = "none"  # rematerialisation of the blocks (``layers.block_class``)
+  scan_layers: bool = False  # blocks as one ``nn.scan`` loop (``layers.scanned_blocks``), as in MTP
 
   def __post_init__(self):
     layers.block_class(self.remat)  # validates the name
@@ -107,10 +109,15 @@ class LlamaModel(nn.Module):
     cos, sin = layers.rope_cos_sin(positions_BxS, block.head_dim, cfg.rope_theta)
     x_BxSxD = layers.Embed(cfg.vocab_size, cfg.hidden_size, cfg.dtype, cfg.param_dtype,
                            name="embed_tokens")(tokens_BxS)
-    block_cls = layers.block_class(cfg.remat)
-    for i in range(cfg.num_hidden_layers):
-      x_BxSxD = block_cls(block, name=f"layers_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
-                                                          cache_index_B)
+    if cfg.scan_layers:
+      x_BxSxD = layers.scanned_blocks(x_BxSxD, cos, sin, attention_mask_BxS, cache_index_B,
+                                      cfg=block, remat=cfg.remat,
+                                      n_blocks=cfg.num_hidden_layers, name="layers")
+    else:
+      block_cls = layers.block_class(cfg.remat)
+      for i in range(cfg.num_hidden_layers):
+        x_BxSxD = block_cls(block, name=f"layers_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
+                                                            cache_index_B)
     return layers.RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name="norm")(x_BxSxD)
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax import layers
+from wmtp_jax import layers, scan_layout
 
 ALIASES = {"q": "wq", "k": "wk", "v": "wv", "o": "wo", "gate": "w1", "up": "w3", "down": "w2"}
 TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
@@ -70,6 +70,10 @@ def _split(path: tuple[str, ...], shape: Sequence[int]) -> tuple[int, int]:
 
 def init(rng: jax.Array, params, cfg: LoRAConfig):
   """Adapters for every targeted kernel in ``params``: ``a ~ N(0, 1/in)``, ``b = 0`` (fp32)."""
+  if scan_layout.scanned_paths(params):
+    raise ValueError(f"LoRA needs per-layer blocks, the model has scanned ones "
+                     f"({['/'.join(p) for p in scan_layout.scanned_paths(params)]}): set the "
+                     f"model's scan_layers=False or disable lora")
   targets = _targets(params, cfg)
   if not targets:
     raise ValueError(f"lora.targets {list(cfg.targets)} match no parameter of the model")

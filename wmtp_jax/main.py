@@ -19,7 +19,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from wmtp_jax import train
+from wmtp_jax import run_config, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
                                           lock_config=True)
@@ -45,8 +45,10 @@ def check_required(config) -> None:
 
 
 def train_prerequisites(config, workdir: pathlib.Path) -> dict:
-  """Train the frozen models ``config`` needs (``critic``, ``reference``) whose ``checkpoint`` is
-  empty, from their ``run`` configs into ``WORKDIR/<name>``, and point ``checkpoint`` there."""
+  """Train what ``config`` needs first into ``WORKDIR/<name>``: the frozen models (``critic``,
+  ``reference``) whose ``checkpoint`` is empty, from their ``run`` configs, pointing
+  ``checkpoint`` there; and the shared value head's pre-training stage, whose model the policy
+  run then starts from (``config.init.checkpoint``)."""
   report = {}
   for name in ("critic", "reference"):
     section = config.get(name)
@@ -54,6 +56,15 @@ def train_prerequisites(config, workdir: pathlib.Path) -> dict:
       log.info("no config.%s.checkpoint: training the %s first in %s", name, name, workdir / name)
       report[name] = train.run(section.run, workdir / name, phase=name)
       section.checkpoint = str(workdir / name)
+  shared = config.get("shared_head")
+  if shared is not None and shared.stage == "weighted":
+    if not shared.checkpoint:
+      log.info("no config.shared_head.checkpoint: pre-training the value head first in %s",
+               workdir / "shared_head")
+      report["shared_head"] = train.run(run_config.shared_head_pretraining(config),
+                                        workdir / "shared_head", phase="shared_head")
+      shared.checkpoint = str(workdir / "shared_head")
+    config.init.checkpoint = shared.checkpoint
   return report
 
 

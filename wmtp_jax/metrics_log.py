@@ -3,6 +3,7 @@
 Only process 0 writes. ``metrics.jsonl`` gets one JSON object per logged step
 (``{"step": …, "phase": …, "<name>": value, …}``), appended and flushed, so a crash loses nothing
 already logged. Vector metrics (per-head losses) are logged as ``name/0``, ``name/1`` …
+Histograms (``histogram(counts, upper)`` in a metrics dict) go to tensorboard only.
 """
 
 import json
@@ -17,6 +18,20 @@ import numpy as np
 import tensorboardX
 
 log = logging.getLogger("wmtp_jax")
+
+
+def histogram(counts_K, upper) -> dict:
+  """A histogram metric: bucket counts ``[K]`` of equal buckets over ``[0, upper]`` (averaging it
+  over micro-batches or devices keeps it a histogram)."""
+  return {"histogram_counts": counts_K, "histogram_upper": upper}
+
+
+def split_histograms(metrics: dict) -> tuple[dict, dict[str, tuple[np.ndarray, float]]]:
+  """``(other metrics, {name: (counts [K], upper)})`` of host-side metrics."""
+  is_hist = lambda v: isinstance(v, dict) and "histogram_counts" in v
+  hists = {k: (np.asarray(v["histogram_counts"]), float(v["histogram_upper"]))
+           for k, v in metrics.items() if is_hist(v)}
+  return {k: v for k, v in metrics.items() if not is_hist(v)}, hists
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -45,14 +60,22 @@ class MetricsLogger:
       self._tb = tensorboardX.SummaryWriter(str(workdir / "tb"))
       self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
 
-  def write(self, step: int, scalars: dict[str, float], histograms: dict[str, np.ndarray] | None = None):
+  def write(self, step: int, scalars: dict[str, float],
+            histograms: dict[str, tuple[np.ndarray, float]] | None = None):
+    """Scalars to tensorboard and ``metrics.jsonl``; ``histograms`` (``{name: (counts [K],
+    upper)}``, see ``histogram``) to tensorboard only, summarised from the bucket centres."""
     if not self.primary:
       return
     for name, value in scalars.items():
       self._tb.add_scalar(f"{self.phase}/{name}", value, step)
-    for name, values in (histograms or {}).items():
-      if np.size(values):
-        self._tb.add_histogram(f"{self.phase}/{name}", np.asarray(values), step)
+    for name, (counts, upper) in (histograms or {}).items():
+      if counts.sum() > 0:
+        limits = upper * np.arange(1, len(counts) + 1) / len(counts)
+        centres = limits - upper / (2 * len(counts))
+        self._tb.add_histogram_raw(
+            f"{self.phase}/{name}", min=0.0, max=upper, num=counts.sum(),
+            sum=(counts * centres).sum(), sum_squares=(counts * centres**2).sum(),
+            bucket_limits=limits.tolist(), bucket_counts=counts.tolist(), global_step=step)
     record = {"step": step, "phase": self.phase,
               **{k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(record) + "\n")

@@ -11,8 +11,10 @@ stacked on axis −2, pass through **one shared** final RMSNorm and **one shared
 projection: ``logits[b, t, k]`` (``[B, S, n, V]``) predicts ``x_{t+1+k}``.
 
 Parameter tree (Flax names; ``wmtp_jax.weights`` maps Meta's state dict onto it):
-``tok_embeddings/embedding [V, D]``, ``trunk_{i}/…``, ``head_{k}/…`` (``layers.Block``),
-``norm/weight [D]``, ``output/kernel [D, V]``.
+``tok_embeddings/embedding [V, D]``, ``trunk_{i}/…`` (with ``scan_layers``: one ``trunk/…``
+``[n_trunk_layers, …]``), ``head_{k}/…`` (``layers.Block``),
+``norm/weight [D]``, ``output/kernel [D, V]``, and with ``value_head`` set ``value_head/…``
+(``llama.ValueHead`` on the final-normed trunk output: the shared-head WMTP variant, DESIGN §3).
 """
 
 import dataclasses
@@ -24,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from wmtp_jax import layers, strict
+from wmtp_jax.llama import VALUE_HEADS, ValueHead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,10 @@ class MTPConfig:
 
   ``max_seq_len`` is not in Meta's file; 2048 is the usual default. ``remat``: rematerialisation
   of the blocks in the backward pass (``layers.block_class``), a memory lever of training.
+  ``scan_layers``: run the trunk blocks as one ``nn.scan`` loop (``layers.scanned_blocks``; the
+  heads stay separate blocks), which bounds compile time in the depth; the trunk params are then
+  one subtree ``trunk/…`` ``[n_trunk_layers, …]`` instead of ``trunk_{i}/…`` (checkpoints on disk
+  keep the per-layer layout, ``wmtp_jax.scan_layout``). Outputs are the same.
   """
   dim: int = 4096
   n_layers: int = 32
@@ -47,9 +54,15 @@ class MTPConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  scan_layers: bool = False
+  value_head: str = ""  # "" (none) or a ``llama.VALUE_HEADS`` kind on the trunk output
+  value_head_dropout: float = 0.0
+  value_head_bias_init: float = 0.0
 
   def __post_init__(self):
     layers.block_class(self.remat)  # validates the name
+    if self.value_head and self.value_head not in VALUE_HEADS:
+      raise ValueError(f"value_head={self.value_head!r}: expected '' or one of {VALUE_HEADS}")
     if not 1 <= self.n_future_tokens <= self.n_layers:
       raise ValueError(f"n_future_tokens={self.n_future_tokens} must be in [1, n_layers="
                        f"{self.n_layers}]")
@@ -82,7 +95,8 @@ class MTPTransformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None,
                heads: int | None = None, return_hidden: bool = False,
-               return_trunk_hidden: bool = False, cache_index_B=None):
+               return_trunk_hidden: bool = False, return_values: bool = False,
+               deterministic: bool = True, cache_index_B=None):
     """Run the model.
 
     Args:
@@ -94,6 +108,9 @@ class MTPTransformer(nn.Module):
         logits (for the memory-efficient loss, which multiplies by ``output/kernel`` blockwise).
       return_trunk_hidden: also return the final-normed trunk output ``[B, S, D]`` (the input of a
         shared value head).
+      return_values: also return the shared value head's ``V [B, S]`` (fp32) on that trunk output
+        (requires ``cfg.value_head``); ``V[b, t]`` values the state after ``x_0 … x_t``.
+      deterministic: no dropout in the value head (pass ``False`` with a ``dropout`` rng to train).
       cache_index_B: KV-cache mode (generation; ``layers.Attention``): int ``[B]``, the cache slot
         of each row's first token. ``tokens_BxS`` are then new tokens written into the ``cache``
         collection (apply with ``mutable=["cache"]``) of every block that runs (the trunk and the
@@ -103,7 +120,9 @@ class MTPTransformer(nn.Module):
 
     Returns:
       ``logits [B, S, n, V]`` (or hidden ``[B, S, n, D]``), and with ``return_trunk_hidden`` a pair
-      ``(out, trunk_hidden [B, S, D])``. ``out[:, t, k]`` belongs to target ``x_{t+1+k}``.
+      ``(out, trunk_hidden [B, S, D])``, with ``return_values`` ``(out, values [B, S])`` (or the
+      triple ``(out, trunk_hidden, values)`` with both). ``out[:, t, k]`` belongs to target
+      ``x_{t+1+k}``.
 
     Initialise with the defaults (all heads, logits) so that every parameter is created.
     """
@@ -120,9 +139,14 @@ class MTPTransformer(nn.Module):
     x_BxSxD = layers.Embed(cfg.vocab_size, cfg.dim, cfg.dtype, cfg.param_dtype,
                            name="tok_embeddings")(tokens_BxS)
     block_cls = layers.block_class(cfg.remat)
-    for i in range(cfg.n_trunk_layers):
-      x_BxSxD = block_cls(block, name=f"trunk_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
-                                                        cache_index_B)
+    if cfg.scan_layers and cfg.n_trunk_layers:
+      x_BxSxD = layers.scanned_blocks(x_BxSxD, cos, sin, attention_mask_BxS, cache_index_B,
+                                      cfg=block, remat=cfg.remat, n_blocks=cfg.n_trunk_layers,
+                                      name="trunk")
+    else:
+      for i in range(cfg.n_trunk_layers):
+        x_BxSxD = block_cls(block, name=f"trunk_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
+                                                          cache_index_B)
     heads_BxSxNxD = jnp.stack(
         [block_cls(block, name=f"head_{k}")(x_BxSxD, cos, sin, attention_mask_BxS,
                                                 cache_index_B)
@@ -136,6 +160,11 @@ class MTPTransformer(nn.Module):
       out = nn.with_logical_constraint(
           layers.Unembed(cfg.vocab_size, cfg.dtype, cfg.param_dtype, name="output")(hidden_BxSxNxD),
           ("batch", "length", "future", "vocab"))
-    if return_trunk_hidden:
-      return out, norm(x_BxSxD)
-    return out
+    if return_values and not cfg.value_head:
+      raise ValueError("return_values=True needs a model with a value head (cfg.value_head)")
+    extra = (norm(x_BxSxD),) if return_trunk_hidden else ()
+    if cfg.value_head and (return_values or self.is_initializing()):
+      values_BxS = ValueHead(cfg.value_head, cfg.value_head_dropout, cfg.value_head_bias_init,
+                             name="value_head")(norm(x_BxSxD), deterministic=deterministic)
+      extra += (values_BxS,) if return_values else ()
+    return (out, *extra) if extra else out

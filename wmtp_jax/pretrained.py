@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from wmtp_jax import strict, weights
+from wmtp_jax import scan_layout, strict, weights
 from wmtp_jax.data import tokenizer as tokenizer_lib
 from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM, ValueModel
 from wmtp_jax.mtp import MTPConfig, MTPTransformer
@@ -131,8 +131,10 @@ def _heads_hint(names: Iterable[str]) -> str | None:
 
 
 def check_params(config: Config, shapes: FlatShapes, where: str, kind: str | None = None) -> None:
-  """Strict check of a flat ``{Flax path: shape}`` against the model built from ``config``."""
-  expected = traverse_util.flatten_dict(nn.meta.unbox(abstract_params(config, kind)))
+  """Strict check of a flat ``{Flax path: shape}`` in the per-layer (on-disk) layout against the
+  model built from ``config`` (a ``scan_layers`` model's tree is compared unstacked)."""
+  expected = traverse_util.flatten_dict(
+      scan_layout.to_per_layer(nn.meta.unbox(abstract_params(config, kind))))
   weights.check_shapes(_names({p: a.shape for p, a in expected.items()}), _names(shapes), where,
                        what="params", hint=_heads_hint)
 
@@ -151,10 +153,12 @@ def save_params(path: str | os.PathLike, config: Config, params, *, kind: str | 
                 source: Mapping[str, str] | None = None) -> None:
   """Write ``params/`` (strictly checked against ``config``) and then ``model_config.json``.
 
-  ``params``: nested dict of numpy or fully addressable jax arrays. The tokenizer is written
-  separately (``copy_tokenizer``).
+  ``params``: nested dict of numpy or fully addressable jax arrays; a ``scan_layers`` model's tree
+  is written unstacked (the one per-layer layout on disk, ``scan_layout``). The tokenizer is
+  written separately (``copy_tokenizer``).
   """
   path = Path(path)
+  params = scan_layout.to_per_layer(params)
   flat = traverse_util.flatten_dict(params)
   kind = kind or kind_of(config)
   check_params(config, {p: np.shape(v) for p, v in flat.items()}, where=str(path), kind=kind)
@@ -178,7 +182,17 @@ def restore_params(path: str | os.PathLike, target, *, unused: Iterable[str] = (
   without as numpy. Values are cast to the target dtypes. Strict: the stored names and shapes must
   equal the target's (Orbax alone would silently ignore a numpy target's shape), except stored
   top-level subtrees named in ``unused`` (e.g. the ``lm_head`` of a LLaMA whose backbone starts a
-  value model), which are not read."""
+  value model), which are not read.
+
+  A ``scan_layers`` target (``scan_layout``) is restored through its per-layer view (the stored
+  layout), then stacked into its shardings (transiently both copies of the stacked blocks)."""
+  paths = scan_layout.scanned_paths(target)
+  if paths:
+    per_layer = restore_params(path, scan_layout.to_per_layer(target), unused=unused)
+    stack = lambda tree: scan_layout.to_scanned(tree, paths)
+    if any(getattr(a, "sharding", None) is None for a in jax.tree.leaves(target)):
+      return stack(per_layer)
+    return jax.jit(stack, out_shardings=jax.tree.map(lambda a: a.sharding, target))(per_layer)
   unused = frozenset(unused)
   want = {p: a.shape for p, a in traverse_util.flatten_dict(target).items()}
   stored = {p: s for p, s in stored_shapes(path).items() if p[0] not in unused}

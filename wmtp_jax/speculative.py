@@ -19,8 +19,9 @@ With sampling (temperature / top-p) drafts are sampled from the draft heads' war
 ``norm(max(0, p − q))``, after ``k`` acceptances sample the extra token from ``p_k``; the output is
 distributed as plain sampling from head 0.
 
-Cost per pass: the trunk and ``k + 1`` head blocks on ``k + 1`` tokens, for ``1 … k + 1`` tokens
-(``mean_accepted_length`` in ``Generation.stats``).
+Cost per pass: the trunk and ``k + 1`` head blocks on ``k + 1`` tokens, the unembedding of head 0
+at the ``k + 1`` positions and of the ``k`` draft heads at the accepted one, for ``1 … k + 1``
+tokens (``mean_accepted_length`` in ``Generation.stats``); ``wmtp_jax.bench.decode`` measures it.
 """
 
 import jax
@@ -50,9 +51,11 @@ def step(adapter: "gen.ModelAdapter", spec: "gen._Spec", params, state):
   active = ~state["done"]
   slot_B = state["lengths"] + state["n_gen"] - 1
   tokens_BxT = jnp.concatenate([state["last"][:, None], state["drafts"]], axis=1)
-  logits_BxTxhxV, cache = adapter.forward(params, state["cache"], tokens_BxT, slot_B,
-                                          heads=k + 1)
-  head0_BxTxV = logits_BxTxhxV[:, :, 0]
+  # Every head block runs on all k + 1 tokens (its cache must hold them), but only head 0 needs
+  # logits at every position; the draft heads are unembedded at the accepted position only.
+  hidden_BxTxhxD, cache = adapter.forward(params, state["cache"], tokens_BxT, slot_B,
+                                          heads=k + 1, return_hidden=True)
+  head0_BxTxV = adapter.unembed(params, hidden_BxTxhxD[:, :, 0])
   rng, accept_rng, fix_rng, draft_rng = jax.random.split(state["rng"], 4)
   drafts_Bxk = state["drafts"]
   knobs = spec.knobs(state)
@@ -79,7 +82,8 @@ def step(adapter: "gen.ModelAdapter", spec: "gen._Spec", params, state):
     new_BxT = jnp.where(t < accepted_B[:, None], padded_drafts, fix_B[:, None])
   out, n_gen, done, count = gen._finish(state, new_BxT, accepted_B + 1, active,  # pylint: disable=protected-access
                                         spec.max_new)
-  next_drafts = draft(knobs, _at(logits_BxTxhxV, accepted_B)[:, 1:], draft_rng)
+  draft_logits_BxkxV = adapter.unembed(params, _at(hidden_BxTxhxD, accepted_B)[:, 1:])
+  next_drafts = draft(knobs, draft_logits_BxkxV, draft_rng)
   keep = lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
   return {**state, "cache": cache, "out": out, "n_gen": n_gen, "done": done, "rng": rng,
           "last": keep(_at(new_BxT, accepted_B), state["last"]),

@@ -7,8 +7,9 @@ Phases of ``run(config, workdir)``:
      trainable and frozen parameters; LoRA adapters; optimizer state for the trainable part only;
   3. restore the latest checkpoint of ``workdir`` if there is one (exact resume);
   4. compile the step (donated state) and report its memory per device (log and metrics.jsonl);
-  5. loop: batch → step → (one step later) metrics → validation → checkpoint; SIGTERM saves and
-     stops; too many non-finite steps in a row stop the run with an error.
+  5. loop: batch → step → (one step later) metrics → validation → held-out pass@1 every
+     ``config.evaluate.every_steps`` (``eval.interval``) → checkpoint; SIGTERM saves and stops;
+     too many non-finite steps in a row stop the run with an error.
 
 The step: the global batch is split into ``grad_accum`` micro-batches, whose losses are defined to
 *sum* to the loss of the whole batch (the objective's ``normalizers``); gradients are accumulated
@@ -19,6 +20,7 @@ the update is skipped and counted.
 import dataclasses
 import functools
 import logging
+import math
 import pathlib
 import signal
 import time
@@ -33,6 +35,7 @@ import optax
 from wmtp_jax import (checkpointing, flops, lora, mesh as mesh_lib, metrics_log, objectives, optim,
                       pretrained)
 from wmtp_jax.data import run_data
+from wmtp_jax.eval import interval
 
 log = logging.getLogger("wmtp_jax")
 EXPORT_DIR = "model"  # WORKDIR/model: the trained model, LoRA merged (``pretrained`` layout)
@@ -170,24 +173,28 @@ def abstract_variables(module: nn.Module):
   return jax.eval_shape(module.init, jax.random.key(0), _DUMMY_TOKENS)
 
 
-def init_params(module: nn.Module, rng, mesh, rules, *, checkpoint: str = "", where: str):
+def init_params(module: nn.Module, rng, mesh, rules, *, checkpoint: str = "", where: str,
+                dtype=None):
   """Params of ``module`` laid out by the logical rules: freshly initialised on the devices, or
   restored from ``checkpoint`` (a converted checkpoint directory or a finished run's workdir) with
-  any parameter the checkpoint lacks (a new value head) freshly initialised."""
+  any parameter the checkpoint lacks (a new value head) freshly initialised. ``dtype``: store them
+  in this dtype (cast while initialising / restoring) instead of the module's ``param_dtype``."""
   dummy = jnp.zeros(_DUMMY_TOKENS.shape, _DUMMY_TOKENS.dtype)
   abstract = abstract_variables(module)
   shardings = mesh_lib.shardings_for(abstract, mesh, rules)["params"]
+  stored_dtype = lambda x: x.dtype if dtype is None else dtype
 
   def init(names):
     """Initialise only the top-level subtrees ``names`` (XLA drops the rest of ``module.init``)."""
-    fn = lambda r: {k: v for k, v in nn.meta.unbox(module.init(r, dummy))["params"].items()
+    fn = lambda r: {k: jax.tree_util.tree_map(lambda x: x.astype(stored_dtype(x)), v)
+                    for k, v in nn.meta.unbox(module.init(r, dummy))["params"].items()
                     if k in names}
     return jax.jit(fn, out_shardings={k: shardings[k] for k in names})(rng)
 
   if not checkpoint:
     return init(set(shardings))
   abstract_params = jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, stored_dtype(x), sharding=s),
       mesh_lib.strip_boxes(abstract)["params"], shardings)
   restored = checkpointing.load_params(pathlib.Path(checkpoint), abstract_params, where=where)
   missing = set(abstract_params) - set(restored)
@@ -210,14 +217,31 @@ def initial_params(config, objective, mesh, rules):
                        checkpoint=config.init.checkpoint, where="config.init.checkpoint")
 
 
+def frozen_param_dtype(config):
+  """``config.train.frozen_param_dtype``: the storage dtype of the frozen critic / reference
+  params (they still compute in their module's ``dtype``), None for "" (their ``param_dtype``)."""
+  name = config.train.frozen_param_dtype
+  if not name:
+    return None
+  try:
+    dtype = jnp.dtype(name)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"config.train.frozen_param_dtype={name!r}: expected '' (the models' "
+                     f"param_dtype) or a floating dtype name such as 'bfloat16'")
+  return dtype
+
+
 def build_state(config, objective, mesh, rules, total_steps: int):
   """``(state, setup)`` for a fresh run (restoring a checkpoint replaces the state later)."""
   rng_model, rng_lora, rng_state = _rngs(config)
+  frozen_dtype = frozen_param_dtype(config)
   params = initial_params(config, objective, mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     frozen_models = {
-        name: init_params(module, rng_model, mesh, rules,
-                          checkpoint=config[name].checkpoint, where=f"config.{name}.checkpoint")
+        name: init_params(module, rng_model, mesh, rules, checkpoint=config[name].checkpoint,
+                          where=f"config.{name}.checkpoint", dtype=frozen_dtype)
         for name, module in objective.frozen_models.items()}
   lora_cfg = lora.LoRAConfig(**config.lora.settings) if config.lora.enabled else None
   trainable_pattern = config.train.trainable
@@ -236,7 +260,7 @@ def build_state(config, objective, mesh, rules, total_steps: int):
   replicated = _replicated(mesh)
   state = TrainState(
       step=jax.device_put(jnp.int32(0), replicated), trainable=trainable, opt_state=opt_state,
-      aux=jax.device_put(objective.init_aux(), replicated),
+      aux=jax.device_put(objective.init_aux(params), replicated),
       rng=jax.device_put(jax.random.key_data(rng_state), replicated),
       skipped=jax.device_put(jnp.int32(0), replicated),
       bad_streak=jax.device_put(jnp.int32(0), replicated))
@@ -289,16 +313,22 @@ def memory_mib(compiled) -> dict[str, float]:
           for name in ("argument", "temp", "output", "alias")}
 
 
+def merged_params(setup: Setup, state: TrainState):
+  """The trained model's full params tree with the LoRA adapters (if any) folded in."""
+  params = full_params(state.trainable, setup.frozen_base)
+  if setup.lora_cfg is not None:
+    params = lora.merge(params, state.trainable["lora"], setup.lora_cfg)
+  return params
+
+
 def export_model(setup: Setup, state: TrainState, path: pathlib.Path, tokenizer) -> None:
   """Write the trained model (LoRA merged) as a converted-checkpoint directory
   (``wmtp_jax.pretrained`` layout) that other runs load by path: ``WORKDIR/model``."""
   if (path / pretrained.CONFIG_FILE).is_file():
     return  # a resumed, already finished run
-  params = full_params(state.trainable, setup.frozen_base)
-  if setup.lora_cfg is not None:
-    params = lora.merge(params, state.trainable["lora"], setup.lora_cfg)
   model = setup.objective.model
-  pretrained.save_params(path, model.cfg, params, kind=pretrained.model_kind(model))
+  pretrained.save_params(path, model.cfg, merged_params(setup, state),
+                         kind=pretrained.model_kind(model))
   if jax.process_index() == 0:
     tokenizer.save_pretrained(str(path / pretrained.TOKENIZER_DIR))
 
@@ -332,7 +362,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
   rules = mesh_lib.param_rules(config.mesh)
   checkpointing.check_run_config(workdir, config.to_dict())
   data = run_data.build(config, objective, workdir)
-  total_steps = config.train.steps
+  total_steps = run_steps(config, data.examples_per_epoch)
 
   # 2. Abstract-first init.
   state, setup, schedules = build_state(config, objective, mesh, rules, total_steps)
@@ -344,7 +374,8 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
   iterator = iter(data.train)
   start = checkpointer.latest_step()
   if start is not None:
-    state = checkpointer.restore(start, _abstract_like(state), iterator)
+    state = checkpointer.restore(start, _abstract_like(state), iterator,
+                                 num_indices=data.examples_per_epoch)
     log.info("resumed %s from step %d", workdir, start)
   start = int(start or 0)
 
@@ -377,6 +408,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
         if config.train.eval_every and (step % config.train.eval_every == 0 or step == total_steps):
           val = _validate(eval_fn, setup, state, data, logger, step)
           last.update(val)
+        last.update(interval.at_interval(config, setup, state, step, data, logger))
         # The iterator has yielded exactly the batches of steps 1 … step: save it before prefetching.
         saved = checkpointer.save(step, state, iterator, metrics=val,
                                   force=step == total_steps or preemption.requested)
@@ -395,6 +427,13 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
     checkpointer.close()
     logger.close()
   return last
+
+
+def run_steps(config, examples_per_epoch: int) -> int:
+  """``config.train.steps``, or with ``config.train.epochs`` > 0 the steps of that many epochs."""
+  if config.train.epochs <= 0:
+    return config.train.steps
+  return max(1, math.ceil(config.train.epochs * examples_per_epoch / config.data.batch_size))
 
 
 def _check_nonfinite(pending, config) -> None:
@@ -416,7 +455,8 @@ def _tokens_shape(batch) -> tuple[int, int]:
 
 def _log(logger, pending, schedules, objective, peak, config, *, final=False):
   step, metrics, (rows, seq_len), t0 = pending
-  values = metrics_log.flatten(jax.device_get(metrics))
+  scalars, histograms = metrics_log.split_histograms(jax.device_get(metrics))
+  values = metrics_log.flatten(scalars)
   step_time = time.time() - t0
   values["step_time_s"] = step_time
   values["tokens_per_s"] = rows * seq_len / step_time
@@ -425,7 +465,7 @@ def _log(logger, pending, schedules, objective, peak, config, *, final=False):
   for name, schedule in schedules.items():
     values[f"lr/{name}"] = float(schedule(step - 1))
   if final or step % config.train.log_every == 0 or step == 1:
-    logger.write(step, values)
+    logger.write(step, values, histograms)
     logger.progress(step, values)
   return values
 
@@ -434,8 +474,9 @@ def _validate(eval_fn, setup, state, data, logger, step):
   totals: dict[str, float] = {}
   n = 0
   for batch in data.validation():
-    metrics = metrics_log.flatten(jax.device_get(eval_fn(
+    metrics, _ = metrics_log.split_histograms(jax.device_get(eval_fn(
         state, setup.frozen_base, setup.frozen_models, data.to_global(batch, setup.batch_sharding))))
+    metrics = metrics_log.flatten(metrics)
     for k, v in metrics.items():
       totals[k] = totals.get(k, 0.0) + v
     n += 1

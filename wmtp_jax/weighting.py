@@ -573,3 +573,17 @@ def selection_ratio_per_head(w, valid):
   valid = _valid(valid)
   selected_n = jnp.sum(valid & (_f32(w) > 0.0), axis=(0, 1), dtype=jnp.float32)
   return selected_n / jnp.maximum(jnp.sum(valid, axis=(0, 1), dtype=jnp.float32), 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("bins",))
+def weight_histogram(w, mask, *, upper, bins: int = 30):
+  """Counts of the valid weights in ``bins`` equal buckets over ``[0, upper]``, ``[bins]`` float32.
+
+  Bucket ``i`` holds ``i·upper/bins ≤ w < (i+1)·upper/bins``; the last bucket also holds every
+  ``w ≥ upper`` and the first every ``w < 0``, so the counts sum to the number of valid entries.
+  Any shape (``w`` and ``mask`` alike). ``upper`` is traced (e.g. the clip bound ``w_max``).
+  """
+  check_same_shape("mask", mask, "w", w)
+  index = jnp.clip(jnp.floor(_f32(w) * (bins / upper)), 0, bins - 1).astype(jnp.int32)
+  return jnp.zeros(bins, jnp.float32).at[index.reshape(-1)].add(
+      _valid(mask).reshape(-1).astype(jnp.float32))

@@ -1,22 +1,41 @@
 """Benchmark: generation tokens/s, plain greedy vs self-speculative decoding with the MTP heads.
 
-``python -m wmtp_jax.bench decode [--checkpoint DIR] [--train-steps 300] [--batch-sizes 1,8]
-[--draft-heads 1,2,3] [--n-prompts 16] [--max-new-tokens 128]``
+``python -m wmtp_jax.bench decode [--checkpoint DIR] [--train-steps 300] [--n-layers N] [--dim D]
+[--batch-sizes 1,8] [--draft-heads 1,2,3] [--n-prompts 16] [--max-new-tokens 128] [--pass-costs]``
 
 The model is a converted checkpoint / finished run (``--checkpoint``, with its tokenizer) or, by
-default, the tiny MTP preset trained here for ``--train-steps`` on the embedded synthetic task
-(uniform-weight MTP cross-entropy on the correct solutions; a minute or two on a laptop CPU), so
-that the heads have something to agree on. Prompts are the Alpaca prompts of the synthetic test
+default, the tiny MTP preset (4 trunk blocks + 4 head blocks, width 128; ``--n-layers`` /
+``--dim`` change its shape) trained here for ``--train-steps`` on the embedded synthetic task
+(uniform-weight MTP cross-entropy on the correct solutions; 3–4 minutes on 2 CPU cores), so that
+the heads have something to agree on. Prompts are the Alpaca prompts of the synthetic test
 problems. For every batch size: plain greedy decoding with head 0, then self-speculative decoding
 with each number of draft heads; each after a warm-up call (compilation excluded), timed over
 ``--repeats`` calls (median). Reported: tokens/s, mean accepted length (tokens per model call and
-row), speed-up over plain, the ratio of model calls (plain / speculative) and whether the outputs are token-for-token identical.
+row), speed-up over plain, the ratio of model calls (plain / speculative) and whether the outputs
+are token-for-token identical; with ``--pass-costs`` the cost split of one pass (``pass_costs``).
 
-On the tiny preset (no trunk: ``n_layers = n_future_tokens = 4``, every head is one block) on a
-CPU, a speculative pass runs ``k + 1`` blocks where a plain step runs one, and each step costs
-well under a millisecond of mostly fixed overhead, so fewer calls do not pay for the heavier
-ones; the speed-up needs a shared trunk that dominates the cost (Meta's 7B: 28 trunk blocks +
-4 heads) and memory-bound decoding.
+Why there is no speed-up on a CPU (2 shared cores, one run each; ±20 % noise from other load).
+A plain step runs the trunk and head 0 on 1 token; a speculative pass runs the trunk and all
+``k + 1`` heads on ``k + 1`` tokens (every head block must write its KV cache). With ``k = 3``,
+batch 1, µs per pass:
+
+    model                          plain  trunk+head0 ×4 tok  +3 draft heads  +unembed  bound
+    tiny (4 trunk + 4 heads, 128)    415                 576            1014      1061  1.57×
+    16 layers (12 + 4 heads, 64)     427                 618             991      1021  1.67×
+
+A pass yields at most ``k + 1`` tokens, so the speed-up of decoding is at most
+``(k + 1) · plain / speculative`` ("bound", < 2× even at full acceptance) and about
+``mean_accepted_length · plain / speculative`` (3.42 · 415 / 1061 = 1.34× for the tiny model).
+Two things make the pass expensive here: at these widths a CPU is not memory-bound, so a block on
+4 tokens costs 1.3–1.4× a block on 1, and the 3 draft-head blocks are a large part of a small
+trunk. The unembedding (``V = 512``; only head 0 at every position, the draft heads at the
+accepted one) is under 5 %. End to end the tiny model measured 0.86–0.93× (batch 1) because the
+answers end after ~23 tokens, so prefill — where speculation runs all heads over the prompt
+(7.1 vs 4.4 ms per prompt) — weighs as much as decoding. A 2× speed-up needs ``speculative /
+plain ≤ mean_accepted_length / 2``: on an accelerator, where decoding a 7B model is memory-bound
+(4 tokens cost about what 1 does) and 28 trunk blocks dominate 4 heads, the ratio is about
+32 / 29 ≈ 1.1, so a mean accepted length ≥ 2.2 suffices; the trained tiny heads reach 2.65 (2
+draft heads) and 3.42 (3).
 """
 
 import argparse
@@ -37,9 +56,11 @@ from wmtp_jax.mtp import MTPConfig, MTPTransformer
 log = logging.getLogger(__name__)
 
 
-def train_tiny(steps: int, *, batch_size: int = 16, seed: int = 0, lr: float = 3e-3):
-  """``(model, params, tokenizer, dataset_dir, final loss)``: the tiny MTP preset trained on the
-  correct solutions of the synthetic task (generated into the usual cache if needed)."""
+def train_tiny(steps: int, *, batch_size: int = 16, seed: int = 0, lr: float = 3e-3,
+               **shape: int):
+  """``(model, params, tokenizer, dataset_dir, final loss)``: the tiny MTP preset (with ``shape``
+  overrides such as ``n_layers``, ``dim``) trained on the correct solutions of the synthetic task
+  (generated into the usual cache if needed)."""
   import optax  # pylint: disable=import-outside-toplevel
   from wmtp_jax import losses  # pylint: disable=import-outside-toplevel
   from wmtp_jax.data import records, synthetic, template, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
@@ -47,13 +68,13 @@ def train_tiny(steps: int, *, batch_size: int = 16, seed: int = 0, lr: float = 3
 
   directory = synthetic.ensure_dataset(benchmarks._default_synthetic_dir())  # pylint: disable=protected-access
   tok = tokenizer_lib.load_tokenizer(directory / "tokenizer")
-  cfg = MTPConfig(**presets.mtp("tiny"))
+  cfg = MTPConfig(**presets.mtp("tiny", **shape))
   model = MTPTransformer(cfg)
   examples = [e for r in records.read_jsonl(directory / "train.jsonl") if r["is_correct"]
               for e in [template.encode(r, tok, cfg.max_seq_len)] if e is not None]
   params = jax.jit(lambda key: nn.meta.unbox(
       model.init(key, jnp.zeros((1, 8), jnp.int32)))["params"])(jax.random.key(seed))
-  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(20, steps), steps, lr / 10)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(20, steps // 2), steps, lr / 10)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.95,
                                                                  weight_decay=0.0))
   opt_state = tx.init(params)
@@ -103,10 +124,57 @@ def _timed(generator, params, prompts, repeats: int, **kwargs):
   return seconds, runs[0][1]
 
 
+def pass_costs(model, params, draft_heads: int, batch_size: int, *, cache_len: int = 256,
+               passes: int = 32, repeats: int = 5) -> dict[str, float]:
+  """Microseconds per KV-cache forward pass of ``batch_size`` rows, ``passes`` of them inside one
+  jitted ``fori_loop`` (no dispatch; best of ``repeats``), ``k = draft_heads``:
+
+  * ``plain``: a plain decode step (1 token, trunk + head 0, logits);
+  * ``trunk_head0_1tok`` / ``trunk_head0_{k+1}tok``: trunk + head 0 on 1 / ``k + 1`` tokens,
+    hidden states only (the cost of verifying more tokens);
+  * ``blocks_{k+1}tok``: trunk + ``k + 1`` heads on ``k + 1`` tokens, hidden states only;
+  * ``speculative``: that plus the unembedding of a speculative pass (head 0 at every position,
+    the draft heads at one).
+  """
+  adapter = gen.ModelAdapter(model)
+  t = draft_heads + 1
+
+  def looped(tokens: int, heads: int, unembed: str):
+    def body(i, carry):
+      cache, acc = carry
+      tokens_BxT = (jnp.arange(batch_size * tokens).reshape(batch_size, tokens) + i) % 97
+      slot_B = jnp.full((batch_size,), 32, jnp.int32) + i % (cache_len - 32 - tokens)
+      out, cache = adapter.forward(params, cache, tokens_BxT.astype(jnp.int32), slot_B,
+                                   heads=heads, return_hidden=unembed != "logits")
+      if unembed == "speculative":
+        out = (jnp.argmax(adapter.unembed(params, out[:, :, 0]), -1).sum()
+               + jnp.argmax(adapter.unembed(params, out[:, 0, 1:]), -1).sum())
+      return cache, acc + jnp.sum(out).astype(jnp.float32)
+
+    run = jax.jit(lambda p, c: jax.lax.fori_loop(0, passes, body, (c, jnp.float32(0)))[1])
+    cache = adapter.init_cache(batch_size, cache_len, heads=heads)
+    run(params, cache).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+      start = time.perf_counter()
+      run(params, cache).block_until_ready()
+      best = min(best, time.perf_counter() - start)
+    return 1e6 * best / passes
+
+  return {"plain": looped(1, 1, "logits"), "trunk_head0_1tok": looped(1, 1, "hidden"),
+          f"trunk_head0_{t}tok": looped(t, 1, "hidden"), f"blocks_{t}tok": looped(t, t, "hidden"),
+          "speculative": looped(t, t, "speculative")}
+
+
 def main(argv: list[str]) -> dict:
   parser = argparse.ArgumentParser(prog="python -m wmtp_jax.bench decode", description=__doc__)
   parser.add_argument("--checkpoint", default="", help="converted checkpoint or training workdir")
   parser.add_argument("--train-steps", type=int, default=300)
+  parser.add_argument("--n-layers", type=int, default=0,
+                      help="trunk + head blocks of the trained model (0: the tiny preset's 8)")
+  parser.add_argument("--dim", type=int, default=0, help="model width (0: the tiny preset's 128)")
+  parser.add_argument("--pass-costs", action="store_true",
+                      help="also time the parts of one decode pass (pass_costs)")
   parser.add_argument("--batch-sizes", default="1,8")
   parser.add_argument("--draft-heads", default="1,2,3")
   parser.add_argument("--n-prompts", type=int, default=16)
@@ -124,23 +192,24 @@ def main(argv: list[str]) -> dict:
     report["model"] = args.checkpoint
   else:
     started = time.perf_counter()
-    model, params, tok, directory, loss = train_tiny(args.train_steps)
-    report.update(model="tiny MTP preset trained on the synthetic task",
+    shape = {k: v for k, v in (("n_layers", args.n_layers), ("dim", args.dim)) if v}
+    model, params, tok, directory, loss = train_tiny(args.train_steps, **shape)
+    report.update(model="tiny MTP preset trained on the synthetic task", model_overrides=shape,
                   train_steps=args.train_steps, train_loss=loss,
                   train_s=time.perf_counter() - started)
   problems = records.read_problems(directory / "test.problems.jsonl")[:args.n_prompts]
   prompts = [runner.encode_prompt(tok, benchmarks.make_prompt(p, "alpaca")) for p in problems]
   report.update(n_prompts=len(prompts), max_new_tokens=args.max_new_tokens,
-                n_heads=getattr(model.cfg, "n_future_tokens", 1), results=[])
+                n_heads=getattr(model.cfg, "n_future_tokens", 1),
+                n_trunk_layers=getattr(model.cfg, "n_trunk_layers", None), results=[])
+  drafting = [k for k in map(int, args.draft_heads.split(",")) if k < report["n_heads"]]
   for batch_size in map(int, args.batch_sizes.split(",")):
     kwargs = dict(max_new_tokens=args.max_new_tokens, eos_id=tok.eos_token_id,
                   batch_size=batch_size, pad_id=tok.pad_token_id or 0)
     seconds, plain = _timed(gen.Generator(model), params, prompts, args.repeats, **kwargs)
     row = {"batch_size": batch_size, "plain_tokens_per_s": plain.stats["tokens"] / seconds,
            "generated_tokens": plain.stats["tokens"], "speculative": []}
-    for k in map(int, args.draft_heads.split(",")):
-      if k >= report["n_heads"]:
-        continue
+    for k in drafting:
       spec_seconds, spec = _timed(gen.Generator(model, draft_heads=k), params, prompts,
                                   args.repeats, **kwargs)
       row["speculative"].append({
@@ -150,5 +219,11 @@ def main(argv: list[str]) -> dict:
           # Fewer model calls is what speeds up a large, memory-bound model on an accelerator.
           "model_calls_ratio": plain.stats["decode_steps"] / max(1, spec.stats["decode_steps"]),
           "identical_to_plain": spec.tokens == plain.tokens})
+    if args.pass_costs and drafting:
+      costs = pass_costs(model, params, max(drafting), batch_size)
+      # With every draft accepted a pass yields k + 1 tokens: the speed-up can not exceed this.
+      costs["speedup_bound_at_full_acceptance"] = (
+          (max(drafting) + 1) * costs["plain"] / costs["speculative"])
+      row["pass_us"] = costs
     report["results"].append(row)
   return report

@@ -10,7 +10,13 @@ time (fake devices share this machine's cores: times show overheads, not speed-u
 ``--aot=DEVICES`` instead reports the compiled memory per device of the ``baseline:7b`` train step
 (Meta 7B_1T_4, LoRA, 2048 tokens, ``--batch-size`` sequences per step) on a mesh of DEVICES fake
 CPU devices (``--aot-shape``, default all on ``fsdp``), lowered ahead of time from abstract inputs:
-nothing is allocated, so the pod shape needs no hardware.
+nothing is allocated, so the pod shape needs no hardware. It adds the MiB per device of the
+``verifiable:7b`` frozen critic's params on the same mesh, in their ``param_dtype`` and in
+``config.train.frozen_param_dtype`` (what storing them in bf16 saves).
+
+``--scan-compile=LAYERS`` instead reports the seconds to lower and compile the ``baseline:tiny``
+train step (one device) with ``n_layers=LAYERS``, unrolled and with ``scan_layers`` (the trunk as
+one ``nn.scan`` loop), measured in this process one after the other, and their ratio.
 """
 
 import argparse
@@ -63,6 +69,22 @@ def _measure(n_devices: int, batch_size: int, seq_len: int, steps: int, remat: s
           "step_time_s": statistics.median(times[1:])}
 
 
+def _frozen_critic_mib(mesh, rules) -> dict[str, float]:
+  """MiB per device (the first device's shards) of the ``verifiable:7b`` frozen critic's params,
+  by storage dtype: the module's ``param_dtype`` and ``config.train.frozen_param_dtype``."""
+  config = run_config.verifiable("7b")
+  critic = objectives.build(config).frozen_models["critic"]
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxes = train.abstract_variables(critic)
+    shardings = mesh_lib.shardings_for(boxes, mesh, rules)["params"]
+  leaves = list(zip(jax.tree_util.tree_leaves(mesh_lib.strip_boxes(boxes)["params"]),
+                    jax.tree_util.tree_leaves(shardings)))
+  mib = lambda dtype: sum(np.prod(s.shard_shape(x.shape)) * jnp.dtype(dtype).itemsize
+                          for x, s in leaves) / 2**20
+  dtypes = (critic.cfg.param_dtype, str(train.frozen_param_dtype(config)))
+  return {str(jnp.dtype(d)): float(mib(d)) for d in dtypes}
+
+
 def _aot_memory(n_devices: int, shape: str, preset: str, batch_size: int, remat: str) -> dict:
   """Compiled memory per device of the ``baseline:7b`` train step, from abstract inputs."""
   jax.config.update("jax_num_cpu_devices", n_devices)  # before the first use of a device
@@ -106,7 +128,34 @@ def _aot_memory(n_devices: int, shape: str, preset: str, batch_size: int, remat:
   return {"model": "baseline:7b", "devices": n_devices, "mesh": dict(mesh.shape),
           "preset": preset, "remat": remat, "batch_size": batch_size,
           "seq_len": config.data.max_len, **memory,
-          "lower_and_compile_s": time.perf_counter() - t0}
+          "lower_and_compile_s": time.perf_counter() - t0,
+          "verifiable_critic_params_mib": _frozen_critic_mib(mesh, rules)}
+
+
+def _compile_time(n_layers: int, scan_layers: bool, batch_size: int, seq_len: int,
+                  remat: str) -> dict:
+  """Seconds to lower and compile the tiny train step with ``n_layers`` blocks, and its memory."""
+  config = run_config.baseline("tiny")
+  config.data.batch_size, config.data.max_len = batch_size, seq_len
+  config.model.n_layers, config.model.remat = n_layers, remat
+  config.model.scan_layers = scan_layers
+  objective = objectives.build(config)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = mesh_lib.param_rules(config.mesh)
+  state, setup, _ = train.build_state(config, objective, mesh, rules, 1)
+  tokens_BxS = np.zeros((batch_size, seq_len), np.int32)
+  batch = jax.device_put({"tokens": tokens_BxS, "labels": tokens_BxS,
+                          "attention_mask": np.ones_like(tokens_BxS)}, setup.batch_sharding)
+  t0 = time.perf_counter()
+  _, _, memory = train.compile_steps(setup, config, state, batch)
+  return {"scan_layers": scan_layers, "compile_s": time.perf_counter() - t0, **memory}
+
+
+def _scan_compile(n_layers: int, batch_size: int, seq_len: int, remat: str) -> dict:
+  rows = [_compile_time(n_layers, scan, batch_size, seq_len, remat) for scan in (False, True)]
+  return {"model": "baseline:tiny", "n_layers": n_layers, "remat": remat,
+          "batch_size": batch_size, "seq_len": seq_len, "rows": rows,
+          "compile_ratio": rows[0]["compile_s"] / rows[1]["compile_s"]}
 
 
 def main(argv: list[str]) -> dict:
@@ -120,8 +169,13 @@ def main(argv: list[str]) -> dict:
                       help="report the 7b train step's compiled memory on this many fake devices")
   parser.add_argument("--aot-shape", default="data=1,fsdp=-1,tensor=1")
   parser.add_argument("--aot-preset", default="full_shard")
+  parser.add_argument("--scan-compile", type=int, default=0, metavar="LAYERS",
+                      help="report the tiny train step's compile time with this many layers, "
+                           "unrolled vs scan_layers")
   parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.scan_compile:
+    return _scan_compile(args.scan_compile, args.batch_size, args.seq_len, args.remat)
   if args.aot:
     return _aot_memory(args.aot, args.aot_shape, args.aot_preset, args.batch_size, args.remat)
   if args.worker:

@@ -23,7 +23,16 @@ carry the ``collate`` keys prefixed ``pos_``/``neg_`` (both ``[B, S]``) and ``dr
 The iterator (``iter(dataset)``) is checkpointable: ``get_state()``/``set_state(state)`` (a JSON
 dict); ``wmtp_jax.checkpointing.Checkpointer`` saves it with the train state in one Orbax step
 (``grain.checkpoint.CheckpointSave``, one file per process). A state restores only into a pipeline
-built with the same arguments (and the same process count).
+built with the same arguments; ``reshard_state`` converts the states of P processes into the state
+of a shard of P' processes (``num_workers=0`` only).
+
+Layouts: the global stream is the shuffled epochs one after another, and process p of P reads its
+positions p, p + P, p + 2P, … of every epoch. While the N sampled elements divide by P and no
+record is dropped, global batch t of any layout is the same set of rows (the global positions
+``[t·B, (t+1)·B)``, in a layout-dependent order). A dropped record is replaced by the next
+element of the same process's shard, and with ``N % P != 0`` the shards have different lengths
+and wrap into the next epoch at different steps, so from there on the layouts' batches differ in
+a few rows.
 """
 
 import dataclasses
@@ -149,6 +158,58 @@ def make_dataset(store, indices: np.ndarray, tokenizer, *, batch_size: int, max_
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
   return it_ds
+
+
+def _shard_length(num_indices: int, process_index: int, process_count: int) -> int:
+  """Elements per epoch of shard ``process_index`` (positions ``process_index::process_count``)."""
+  return len(range(process_index, num_indices, process_count))
+
+
+def _next_position(num_indices: int, read: int, process_index: int, process_count: int) -> int:
+  """Global stream position (``epoch · N + position in the epoch``) of the next element of a shard
+  that has read ``read`` elements."""
+  epoch, row = divmod(read, _shard_length(num_indices, process_index, process_count))
+  return epoch * num_indices + process_index + row * process_count
+
+
+def _first_position_from(num_indices: int, start: int, process_index: int,
+                         process_count: int) -> int:
+  """The first global position ``>= start`` that belongs to shard ``process_index``."""
+  epoch, j = divmod(start, num_indices)
+  j += (process_index - j) % process_count
+  return epoch * num_indices + j if j < num_indices else (epoch + 1) * num_indices + process_index
+
+
+def reshard_state(states: Sequence[dict[str, Any]], num_indices: int, *, process_index: int,
+                  process_count: int) -> tuple[dict[str, Any], bool]:
+  """``(state, exact)``: the iterator state of shard ``process_index`` of ``process_count`` that
+  continues the streams saved by ``len(states)`` processes (``states[p]``: process p's
+  ``get_state()``) of a pipeline over ``num_indices`` sampled elements (see the module docstring).
+
+  The saved processes have read ``g = Σ_p next_index_p`` elements (dropped ones included); the new
+  shard resumes at its first global position ``>= g``, so the new layout reads positions g, g+1, …
+  ``exact``: the saved processes had read exactly the positions ``[0, g)`` (so without dropped
+  records while ``N % P == 0`` or in the first epoch, P the saved process count), so nothing is
+  read twice or skipped. Otherwise the saved shards stopped at different global positions around
+  g: the elements they left unread before g are skipped and as many that some of them had read
+  from g on are read again (of the order of the difference between the shards' drop counts, or
+  of one element per epoch for shards of different lengths).
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+  if any(set(s) != {"next_index"} for s in states):
+    raise ValueError(f"cannot reshard the data iterator state {states[0]} (keys other than "
+                     f"'next_index': a pipeline with config.data.workers > 0?); resume with the "
+                     f"{len(states)} processes that saved it")
+  saved = len(states)
+  read = [int(s["next_index"]) for s in states]
+  total = sum(read)
+  exact = all(_next_position(num_indices, k, p, saved)
+              == _first_position_from(num_indices, total, p, saved) for p, k in enumerate(read))
+  epoch, j = divmod(total, num_indices)
+  next_index = (epoch * _shard_length(num_indices, process_index, process_count)
+                + len(range(process_index, j, process_count)))
+  return {"next_index": next_index}, exact
 
 
 def to_global_batch(batch: dict[str, np.ndarray],

@@ -28,6 +28,7 @@ class RunData:
   validation: Callable[[], Iterator[dict]]        # fresh pass over the validation batches
   tokenizer: object
   directory: pathlib.Path
+  examples_per_epoch: int                         # training records (pairs) the sampler chose
 
   @staticmethod
   def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -101,4 +102,5 @@ def build(config, objective, workdir: pathlib.Path) -> RunData:
     it = iter(ds)
     return (next(it) for _ in range(d.val_batches))
 
-  return RunData(train=train, validation=validation, tokenizer=tok, directory=directory)
+  return RunData(train=train, validation=validation, tokenizer=tok, directory=directory,
+                 examples_per_epoch=len(train_indices))

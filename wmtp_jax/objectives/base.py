@@ -5,7 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wmtp_jax import IGNORE_INDEX, losses, weighting
+from wmtp_jax import IGNORE_INDEX, losses, metrics_log, weighting
 
 
 class Objective:
@@ -29,8 +29,9 @@ class Objective:
 
   model: nn.Module
 
-  def init_aux(self) -> Any:
-    """Carried state (e.g. EMA statistics), saved in checkpoints."""
+  def init_aux(self, params) -> Any:
+    """Carried state (e.g. EMA statistics), saved in checkpoints; ``params`` are the trained
+    model's initial parameters."""
     return {}
 
   def normalizers(self, batch) -> Any:
@@ -56,19 +57,21 @@ def n_valid_per_head(batch, n: int):
 
 
 def lm_terms(apply, params, batch, *, unembedding_path: tuple[str, ...], n: int, loss_cfg,
-             multi_head: bool):
+             multi_head: bool, **model_kwargs):
   """Per-term cross-entropy of a language model on the batch's labels.
 
   ``multi_head``: the model returns ``[B, S, n, ·]`` (MTP) rather than ``[B, S, ·]`` (LLaMA, n=1).
   With ``loss_cfg.memory_efficient`` the model returns final-normed hidden states and the CE is
   computed blockwise against the unembedding at ``unembedding_path`` (never ``[B, S, n, V]``).
+  ``model_kwargs`` that make the model return extra outputs (``return_values=True``) append them.
 
   Returns:
-    ``(ce_BxSxN, valid_BxSxN)``: float32 CE of head k at position t against ``x_{t+1+k}`` (0 where
-    invalid) and the validity of each term.
+    ``(ce_BxSxN, valid_BxSxN, *extra outputs)``: float32 CE of head k at position t against
+    ``x_{t+1+k}`` (0 where invalid) and the validity of each term.
   """
   out = apply(params, batch["tokens"], batch["attention_mask"],
-              return_hidden=loss_cfg.memory_efficient)
+              return_hidden=loss_cfg.memory_efficient, **model_kwargs)
+  out, *extra = out if isinstance(out, tuple) else (out,)
   out_BxSxNxF = out if multi_head else out[:, :, None, :]
   targets_BxSxN, valid_BxSxN = losses.mtp_targets(batch["labels"], batch["attention_mask"], n)
   if loss_cfg.memory_efficient:
@@ -80,7 +83,7 @@ def lm_terms(apply, params, batch, *, unembedding_path: tuple[str, ...], n: int,
                                       token_block=loss_cfg.token_block)
   else:
     ce_BxSxN = losses.token_ce(out_BxSxNxF, targets_BxSxN)
-  return ce_BxSxN, valid_BxSxN
+  return ce_BxSxN, valid_BxSxN, *extra
 
 
 def weighted_ce(ce_BxSxN, valid_BxSxN, w_BxSxN, norms):
@@ -95,7 +98,10 @@ def weighted_ce(ce_BxSxN, valid_BxSxN, w_BxSxN, norms):
                                               "per_head_unweighted")}
 
 
-def term_weight_metrics(w_BxSxN, valid_BxSxN) -> dict:
-  """``weight_mean/std/min/max/entropy`` over valid (position, head) terms."""
+def term_weight_metrics(w_BxSxN, valid_BxSxN, *, hist_upper) -> dict:
+  """``weight_mean/std/min/max/entropy`` over valid (position, head) terms, and
+  ``weight_histogram``: their bucket counts over ``[0, hist_upper]`` (``metrics_log.histogram``)."""
   stats = weighting.weight_stats(w_BxSxN, valid_BxSxN)
-  return {f"weight_{k}": v for k, v in stats.items()}
+  return {**{f"weight_{k}": v for k, v in stats.items()},
+          "weight_histogram": metrics_log.histogram(
+              weighting.weight_histogram(w_BxSxN, valid_BxSxN, upper=hist_upper), hist_upper)}

@@ -17,9 +17,10 @@ class PolicyObjective(base.Objective):
   def normalizers(self, batch):
     return {"n_valid": base.n_valid_per_head(batch, self.n)}
 
-  def policy_terms(self, params, apply, batch):
+  def policy_terms(self, params, apply, batch, **model_kwargs):
+    """``(ce [B, S, n], valid [B, S, n], *extra model outputs)`` (``base.lm_terms``)."""
     return base.lm_terms(apply, params, batch, unembedding_path=("output", "kernel"), n=self.n,
-                         loss_cfg=self.config.loss, multi_head=True)
+                         loss_cfg=self.config.loss, multi_head=True, **model_kwargs)
 
 
 class Baseline(PolicyObjective):

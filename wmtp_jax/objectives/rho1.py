@@ -15,6 +15,7 @@ from wmtp_jax.objectives import base
 from wmtp_jax.objectives.baseline import PolicyObjective
 
 VARIANTS = ("topk", "continuous")
+HIST_UPPER = {"topk": 1.0, "continuous": 3.0}  # weights in {0, 1}; normalize_weights' max_weight
 
 
 class Rho1(PolicyObjective):
@@ -54,7 +55,8 @@ class Rho1(PolicyObjective):
           policy_ce_BxSxN, ref_ce_BxS, mask_BxS, percentile=r.percentile, alpha=r.alpha,
           normalize=r.normalize)
     loss, metrics = base.weighted_ce(ce_BxSxN, valid_BxSxN, weights_BxSxN, norms)
-    metrics.update(base.term_weight_metrics(weights_BxSxN, valid_BxSxN))
+    metrics.update(base.term_weight_metrics(weights_BxSxN, valid_BxSxN,
+                                            hist_upper=HIST_UPPER[r.variant]))
     metrics["selection_ratio"] = weighting.selection_ratio_per_head(weights_BxSxN, valid_BxSxN)
     metrics["reference_ce"] = weighting.td_stats(ref_ce_BxS, mask_BxS)["mean"]
     return loss, (metrics, {})

@@ -1,6 +1,6 @@
-"""``verifiable``: token weights from a frozen critic's advantages (DESIGN §3).
+"""``verifiable``: token weights from a value function's advantages (DESIGN §3).
 
-Per step: critic values ``V [B, S]`` (no gradient) → GAE advantages on the response → whitening with
+Per step: values ``V [B, S]`` (no gradient) → GAE advantages on the response → whitening with
 the EMA statistics from *before* this step (or the batch's own, ``whitening="batch"``) →
 ``w = clip(exp(A_n/β), w_min, w_max)`` on the target tokens → weighted MTP loss. The EMA state is
 then updated once from the masked moments of the whole step batch (all micro-batches, all devices).
@@ -9,17 +9,28 @@ then updated once from the masked moments of the whole step batch (all micro-bat
 position by ``softmax_k(δ_{t+1+k} / temperature)`` (the original critic proposal).
 With ``config.data.samples = "all"`` incorrect solutions are trained on too, and the terminal TD
 error uses the reward ``R`` (``is_correct``).
+
+Where the values come from:
+  * a frozen, separately trained critic (``config.critic``; the default), or
+  * the **shared head** (``config.shared_head``): a value head on the policy's own final-normed
+    trunk output (``MTPConfig.value_head``). Stage ``pretrain`` trains only that head with the
+    Monte-Carlo MSE to ``R`` (a run of its own for a fraction of an epoch, before the policy run);
+    stage ``weighted`` adds ``value_coef · L_value`` to the weighted loss, with PPO-style value
+    clipping around ``V_old``: the values of the head as it was when this run started (kept in the
+    carried state), on the current trunk output — the values "recorded when the data was scored".
 """
 
 import jax
+import jax.numpy as jnp
 
 from wmtp_jax import losses, presets, weighting
-from wmtp_jax.llama import LlamaConfig, ValueModel
+from wmtp_jax.llama import LlamaConfig, ValueHead, ValueModel
 from wmtp_jax.objectives import base
 from wmtp_jax.objectives.baseline import PolicyObjective
 
 SCHEMES = ("gae_exp", "softmax_heads")
 WHITENING = ("ema", "batch")
+SHARED_HEAD_STAGES = ("pretrain", "weighted")
 
 
 class Verifiable(PolicyObjective):
@@ -33,19 +44,75 @@ class Verifiable(PolicyObjective):
     if w.whitening not in WHITENING:
       raise ValueError(f"config.weighting.whitening={w.whitening!r}: expected one of {WHITENING}")
     self.samples = config.data.samples
-    self.critic_cfg = presets.build(LlamaConfig, config.critic.model, where="config.critic.model")
-    self.frozen_models = {"critic": ValueModel(self.critic_cfg)}
+    self.shared = config.get("shared_head")
+    if self.shared is None:
+      self.critic_cfg = presets.build(LlamaConfig, config.critic.model, where="config.critic.model")
+      self.frozen_models = {"critic": ValueModel(self.critic_cfg)}
+      return
+    if self.shared.stage not in SHARED_HEAD_STAGES:
+      raise ValueError(f"config.shared_head.stage={self.shared.stage!r}: expected one of "
+                       f"{SHARED_HEAD_STAGES}")
+    if not self.policy_cfg.value_head:
+      raise ValueError("config.shared_head needs a value head on the policy: set "
+                       "config.model.value_head (linear | sigmoid | mlp)")
+    if self.samples != "all":
+      raise ValueError(f"config.shared_head: the value head learns R from correct and incorrect "
+                       f"samples; config.data.samples={self.samples!r} must be 'all'")
+    self.frozen_models = {}
+    self.value_head = ValueHead(self.policy_cfg.value_head, self.policy_cfg.value_head_dropout,
+                                self.policy_cfg.value_head_bias_init)
 
-  def init_aux(self):
-    return {"ema": weighting.ema_init()}
+  def init_aux(self, params):
+    aux = {"ema": weighting.ema_init()}
+    if self.shared is not None and self.shared.stage == "weighted":
+      aux["value_old"] = jax.tree_util.tree_map(jnp.copy, params["value_head"])  # own buffers
+    return aux
+
+  def normalizers(self, batch):
+    mask_BxS = base.response_mask(batch)
+    return {**super().normalizers(batch), "tokens": mask_BxS.sum(dtype=jnp.float32),
+            "rows": mask_BxS.any(axis=1).sum(dtype=jnp.float32)}
 
   def loss(self, params, apply, frozen, batch, norms, aux, rng):
+    if self.shared is not None and self.shared.stage == "pretrain":
+      return self._pretrain_loss(params, apply, batch, norms, rng)
     w = self.config.weighting
-    values_BxS = jax.lax.stop_gradient(self.frozen_models["critic"].apply(
-        {"params": frozen["critic"]}, batch["tokens"], batch["attention_mask"]))
     mask_BxS = base.response_mask(batch)
     rewards_B = batch["is_correct"] if self.samples == "all" else None
-    ce_BxSxN, valid_BxSxN = self.policy_terms(params, apply, batch)
+    if self.shared is None:
+      values_BxS = self.frozen_models["critic"].apply(
+          {"params": frozen["critic"]}, batch["tokens"], batch["attention_mask"])
+      ce_BxSxN, valid_BxSxN = self.policy_terms(params, apply, batch)
+    else:
+      ce_BxSxN, valid_BxSxN, trunk_BxSxD, values_BxS = self.policy_terms(
+          params, apply, batch, return_trunk_hidden=True, return_values=True,
+          deterministic=False, rngs={"dropout": rng})
+    scores_BxS, weights_BxSxN = self._weights(jax.lax.stop_gradient(values_BxS), mask_BxS,
+                                              rewards_B, aux)
+    loss, metrics = base.weighted_ce(ce_BxSxN, valid_BxSxN, weights_BxSxN, norms)
+    hist_upper = w.max_weight if w.scheme == "gae_exp" else 1.0
+    metrics.update(base.term_weight_metrics(weights_BxSxN, valid_BxSxN, hist_upper=hist_upper))
+    metrics.update({f"advantage_{k}": v for k, v in weighting.td_stats(scores_BxS, mask_BxS).items()})
+    metrics.update({"value_mean": weighting.td_stats(values_BxS, mask_BxS)["mean"],
+                    "ema_mean": aux["ema"].mean, "ema_std": aux["ema"].std})
+    if self.shared is not None:
+      old_BxS = self.value_head.apply({"params": aux["value_old"]},
+                                      jax.lax.stop_gradient(trunk_BxSxD))
+      returns_BxS = jnp.broadcast_to(rewards_B[:, None], mask_BxS.shape).astype(jnp.float32)
+      value_loss = losses.clipped_value_loss(values_BxS, old_BxS, returns_BxS, mask_BxS,
+                                             clip_range=self.shared.clip_range)
+      share = mask_BxS.sum(dtype=jnp.float32) / jnp.maximum(norms["tokens"], 1.0)
+      loss = loss + self.shared.value_coef * value_loss * share
+      metrics.update({"value_loss": value_loss, "policy_loss": metrics["loss"],
+                      "loss": metrics["loss"] + self.shared.value_coef * value_loss,
+                      "explained_variance": weighting.explained_variance(values_BxS, returns_BxS,
+                                                                         mask_BxS)})
+    return loss, (metrics, {"moments": weighting.masked_moments(scores_BxS, mask_BxS)})
+
+  def _weights(self, values_BxS, mask_BxS, rewards_B, aux):
+    """``(scores [B, S], weights [B, S, n])``: GAE advantages → EMA-whitened exp weights, or TD
+    errors → per-position softmax over heads; constants for the gradient."""
+    w = self.config.weighting
     if w.scheme == "gae_exp":
       scores_BxS = weighting.gae_advantages(values_BxS, mask_BxS, gamma=w.gamma, lam=w.lam,
                                             initial_value=w.initial_value, rewards=rewards_B)
@@ -59,16 +126,27 @@ class Verifiable(PolicyObjective):
                                        initial_value=w.initial_value, rewards=rewards_B)
       weights_BxSxN = weighting.softmax_head_weights(scores_BxS, mask_BxS, self.n,
                                                      temperature=w.temperature)
-    weights_BxSxN = jax.lax.stop_gradient(weights_BxSxN)
-    loss, metrics = base.weighted_ce(ce_BxSxN, valid_BxSxN, weights_BxSxN, norms)
-    metrics.update(base.term_weight_metrics(weights_BxSxN, valid_BxSxN))
-    metrics.update({f"advantage_{k}": v for k, v in weighting.td_stats(scores_BxS, mask_BxS).items()})
-    metrics.update({"value_mean": weighting.td_stats(values_BxS, mask_BxS)["mean"],
-                    "ema_mean": aux["ema"].mean, "ema_std": aux["ema"].std})
-    return loss, (metrics, {"moments": weighting.masked_moments(scores_BxS, mask_BxS)})
+    return scores_BxS, jax.lax.stop_gradient(weights_BxSxN)
+
+  def _pretrain_loss(self, params, apply, batch, norms, rng):
+    """Stage 1 of the shared head: Monte-Carlo MSE of ``V`` to ``R`` (only the head trains)."""
+    _, values_BxS = apply(params, batch["tokens"], batch["attention_mask"], heads=1,
+                          return_hidden=True, return_values=True, deterministic=False,
+                          rngs={"dropout": rng})
+    mask_BxS = base.response_mask(batch)
+    rewards_B = batch["is_correct"].astype(jnp.float32)
+    value_loss = losses.mc_value_loss(values_BxS, rewards_B, mask_BxS)
+    share = mask_BxS.any(axis=1).sum(dtype=jnp.float32) / jnp.maximum(norms["rows"], 1.0)
+    returns_BxS = jnp.broadcast_to(rewards_B[:, None], mask_BxS.shape)
+    metrics = {"loss": value_loss, "value_mean": weighting.td_stats(values_BxS, mask_BxS)["mean"],
+               "explained_variance": weighting.explained_variance(values_BxS, returns_BxS,
+                                                                  mask_BxS)}
+    return value_loss * share, (metrics, {})
 
   def update_aux(self, aux, aux_sums):
+    if "moments" not in aux_sums:  # shared-head pre-training: no weights, no statistics
+      return aux
     w = self.config.weighting
-    return {"ema": weighting.ema_update_from_moments(aux["ema"], aux_sums["moments"],
-                                                     momentum=w.ema_momentum,
-                                                     warmup_steps=w.ema_warmup)}
+    return {**aux, "ema": weighting.ema_update_from_moments(aux["ema"], aux_sums["moments"],
+                                                            momentum=w.ema_momentum,
+                                                            warmup_steps=w.ema_warmup)}

@@ -1,0 +1,34 @@
+"""Held-out pass@1 during training, every ``config.evaluate.every_steps`` steps (0 = never).
+
+Greedy generation with the current params (LoRA merged) on the first
+``config.evaluate.interval_problems`` problems of the run's ``config.evaluate.split``, scored in the
+sandbox; logged as ``eval_pass_at_1`` at the step. The generator is cached by ``runner``, so the
+prefill and decode functions compile at the first interval only (the prompts, hence the shapes,
+are the same every time).
+"""
+
+from wmtp_jax.data import records
+from wmtp_jax.eval import runner
+
+METRIC = "eval_pass_at_1"  # tensorboard tags allow no "@"
+
+
+def at_interval(config, setup, state, step: int, data, logger) -> dict[str, float]:
+  """``{"eval_pass_at_1": pass@1}`` of ``state`` (also written to ``logger`` at ``step``) when
+  ``step`` is a multiple of ``config.evaluate.every_steps``, else ``{}``. ``state`` is only read:
+  the generation finishes before the next train step donates it."""
+  e = config.evaluate
+  if not e.every_steps or step % e.every_steps:
+    return {}
+  from wmtp_jax import train  # pylint: disable=import-outside-toplevel  (train imports this module)
+  problems_path = data.directory / f"{e.split}.problems.jsonl"
+  if not problems_path.is_file():
+    raise FileNotFoundError(f"config.evaluate.split={e.split!r}: {problems_path} does not exist")
+  problems = records.read_problems(problems_path)[:e.interval_problems]
+  result = runner.evaluate_problems(
+      setup.objective.model, train.merged_params(setup, state), data.tokenizer, problems,
+      max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=config.seed,
+      mesh=setup.mesh, rules=setup.rules)
+  values = {METRIC: result["summary"]["pass@1"]}
+  logger.write(step, values)
+  return values
