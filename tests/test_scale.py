@@ -197,22 +197,33 @@ def test_two_processes_match_one_process(two_and_one):
   np.testing.assert_allclose(two, one, rtol=1e-5)
 
 
-def test_two_process_checkpoint_resumes_in_one_process(two_and_one, small_dataset, tmp_path):
-  """The 2-process run's step-2 checkpoint resumed in 1 process: the data iterator state (one file
-  per process) is resharded exactly, so step 3 and the final params are the 1-process run's."""
+@pytest.mark.parametrize("saved_by", [2, 1])
+def test_checkpoint_resumes_in_the_other_process_layout(saved_by, two_and_one, small_dataset,
+                                                        tmp_path):
+  """The step-2 checkpoint of the 2-process run resumed in 1 process, and of the 1-process run
+  in 2 processes: the data iterator state (one file per process) is resharded exactly, so step 3
+  and the final params are the uninterrupted run's."""
   two, one = two_and_one
+  source = two if saved_by == 2 else one
   resumed = tmp_path / "resumed" / "baseline"
   (resumed / "checkpoints").mkdir(parents=True)
-  shutil.copy(two / checkpointing.CONFIG_FILE, resumed)
-  shutil.copytree(two / "checkpoints" / "2", resumed / "checkpoints" / "2")
-  log = _one_process(_main_flags(small_dataset, tmp_path / "resumed", 3)).stderr
-  assert "saved by 2 processes, resumed in 1: resharded to global element 16" in log
+  shutil.copy(source / checkpointing.CONFIG_FILE, resumed)
+  shutil.copytree(source / "checkpoints" / "2", resumed / "checkpoints" / "2")
+  flags = _main_flags(small_dataset, tmp_path / "resumed", 3)
+  if saved_by == 2:
+    log = _one_process(flags).stderr
+  else:
+    launcher = _local_launcher(2, 2, flags, stderr=subprocess.PIPE, text=True)
+    _, log = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, log[-3000:]
+  assert (f"saved by {saved_by} processes, resumed in {3 - saved_by}: resharded to global "
+          f"element 16") in log
   assert "exact" in log and "approximate" not in log
-  np.testing.assert_allclose(_losses(resumed), _losses(one)[2:], rtol=1e-5)
+  np.testing.assert_allclose(_losses(resumed), _losses(source)[2:], rtol=1e-5)
   _, params = pretrained.load_pretrained(resumed / train.EXPORT_DIR)
-  _, expected = pretrained.load_pretrained(one / train.EXPORT_DIR)
-  # The runs differ only by float summation order in steps 1-2 (the rows of a global batch are
-  # ordered by process): 1.5e-7 at most here, for updates of up to lr = 3e-3 per step.
+  _, expected = pretrained.load_pretrained(source / train.EXPORT_DIR)
+  # The layouts differ only by float summation order (the rows of a global batch are ordered by
+  # process): 1.5e-7 at most here, for updates of up to lr = 3e-3 per step.
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
                          params, expected)
 
