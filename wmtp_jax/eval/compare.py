@@ -9,7 +9,7 @@ import logging
 import pathlib
 
 from wmtp_jax import mesh as mesh_lib, objectives, pretrained, train
-from wmtp_jax.data import records, run_data
+from wmtp_jax.data import run_data
 from wmtp_jax.eval import runner
 
 log = logging.getLogger("wmtp_jax")
@@ -19,11 +19,7 @@ def trained_vs_untrained(config, run_dir: pathlib.Path) -> dict:
   """``{"untrained": summary, "trained": summary}`` (``pass@1``, ``n_problems``, …)."""
   e = config.evaluate
   objective = objectives.build(config)
-  dataset = run_data.dataset_dir(config.data)
-  problems_path = dataset / f"{e.split}.problems.jsonl"
-  if not problems_path.is_file():
-    raise FileNotFoundError(f"config.evaluate.split={e.split!r}: {problems_path} does not exist")
-  problems = records.read_problems(problems_path)[:e.max_problems]
+  problems = runner.split_problems(run_data.dataset_dir(config.data), e.split, e.max_problems)
   tokenizer = pretrained.load_tokenizer(run_dir / train.EXPORT_DIR)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)

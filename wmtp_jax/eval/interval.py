@@ -7,7 +7,6 @@ prefill and decode functions compile at the first interval only (the prompts, he
 are the same every time).
 """
 
-from wmtp_jax.data import records
 from wmtp_jax.eval import runner
 
 METRIC = "eval_pass_at_1"  # tensorboard tags allow no "@"
@@ -21,10 +20,7 @@ def at_interval(config, setup, state, step: int, data, logger) -> dict[str, floa
   if not e.every_steps or step % e.every_steps:
     return {}
   from wmtp_jax import train  # pylint: disable=import-outside-toplevel  (train imports this module)
-  problems_path = data.directory / f"{e.split}.problems.jsonl"
-  if not problems_path.is_file():
-    raise FileNotFoundError(f"config.evaluate.split={e.split!r}: {problems_path} does not exist")
-  problems = records.read_problems(problems_path)[:e.interval_problems]
+  problems = runner.split_problems(data.directory, e.split, e.interval_problems)
   result = runner.evaluate_problems(
       setup.objective.model, train.merged_params(setup, state), data.tokenizer, problems,
       max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=config.seed,

@@ -21,6 +21,7 @@ import numpy as np
 
 from wmtp_jax import IGNORE_INDEX
 from wmtp_jax import generate as gen
+from wmtp_jax.data import records
 from wmtp_jax.eval import benchmarks, passk
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,15 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
   ids = list(tokenizer.encode(text, add_special_tokens=False))
   bos = getattr(tokenizer, "bos_token_id", None)
   return ([bos] if bos is not None else []) + ids
+
+
+def split_problems(directory: pathlib.Path, split: str, limit: int) -> list[dict]:
+  """The first ``limit`` problems of a run's dataset split, ``{directory}/{split}.problems.jsonl``
+  (``config.evaluate.split``)."""
+  path = directory / f"{split}.problems.jsonl"
+  if not path.is_file():
+    raise FileNotFoundError(f"config.evaluate.split={split!r}: {path} does not exist")
+  return records.read_problems(path)[:limit]
 
 
 def evaluate_problems(model, params, tokenizer, problems: list[dict], *,
