@@ -95,6 +95,13 @@ _HF_BLOCK = {
 }
 
 
+def _next_token_blocks(cfg: MTPConfig, prefix: str) -> list[tuple[str, str]]:
+  """``(state-dict prefix, Flax block name)`` of an MTP model's next-token path: the trunk blocks
+  then head 0 as ``{prefix}.0 … {prefix}.{n_trunk}`` (Meta's ``layers``, HF's ``model.layers``)."""
+  names = [f"trunk_{i}" for i in range(cfg.n_trunk_layers)] + ["head_0"]
+  return [(f"{prefix}.{i}", name) for i, name in enumerate(names)]
+
+
 def meta_entries(cfg: MTPConfig) -> dict[str, Entry]:
   """Entries of Meta's MTP ``consolidated.pth``: ``layers`` holds the trunk then head 0
   (``n_layers − n_future + 1`` blocks), ``extra_heads`` heads 1 … n_future − 1."""
@@ -102,8 +109,7 @@ def meta_entries(cfg: MTPConfig) -> dict[str, Entry]:
   entries = {"tok_embeddings.weight": Entry(("tok_embeddings", "embedding"), "copy", (v, d)),
              "norm.weight": Entry(("norm", "weight"), "copy", (d,)),
              "output.weight": Entry(("output", "kernel"), "linear", (v, d))}
-  blocks = [(f"layers.{i}", f"trunk_{i}") for i in range(cfg.n_trunk_layers)]
-  blocks.append((f"layers.{cfg.n_trunk_layers}", "head_0"))
+  blocks = _next_token_blocks(cfg, "layers")
   blocks += [(f"extra_heads.{k - 1}", f"head_{k}") for k in range(1, cfg.n_future_tokens)]
   for prefix, name in blocks:
     entries.update(_block_entries(prefix, (name,), b, _META_BLOCK, ("q_meta", "k_meta")))
@@ -136,9 +142,7 @@ def mtp_hf_entries(cfg: MTPConfig) -> tuple[dict[str, Entry], dict[str, Entry]]:
   main = {"model.embed_tokens.weight": Entry(("tok_embeddings", "embedding"), "copy", (v, d)),
           "model.norm.weight": Entry(("norm", "weight"), "copy", (d,)),
           "lm_head.weight": Entry(("output", "kernel"), "linear", (v, d))}
-  blocks = [(f"model.layers.{i}", f"trunk_{i}") for i in range(cfg.n_trunk_layers)]
-  blocks.append((f"model.layers.{cfg.n_trunk_layers}", "head_0"))
-  for prefix, name in blocks:
+  for prefix, name in _next_token_blocks(cfg, "model.layers"):
     main.update(_block_entries(prefix, (name,), b, _HF_BLOCK, ("q", "kv")))
   extra = {}
   for k in range(1, cfg.n_future_tokens):
