@@ -6,8 +6,8 @@
 The model is a converted checkpoint / finished run (``--checkpoint``, with its tokenizer) or, by
 default, the tiny MTP preset (4 trunk blocks + 4 head blocks, width 128; ``--n-layers`` /
 ``--dim`` change its shape) trained here for ``--train-steps`` on the embedded synthetic task
-(uniform-weight MTP cross-entropy on the correct solutions; 3–4 minutes on 2 CPU cores), so that
-the heads have something to agree on. Prompts are the Alpaca prompts of the synthetic test
+(the ``baseline`` pipeline through ``train.run``: uniform-weight MTP cross-entropy on the correct
+solutions; 3–4 minutes on 2 CPU cores), so that the heads have something to agree on. Prompts are the Alpaca prompts of the synthetic test
 problems. For every batch size: plain greedy decoding with head 0, then self-speculative decoding
 with each number of draft heads; each after a warm-up call (compilation excluded), timed over
 ``--repeats`` calls (median). Reported: tokens/s, mean accepted length (tokens per model call and
@@ -40,77 +40,40 @@ draft heads) and 3.42 (3).
 
 import argparse
 import logging
-import pathlib
 import statistics
+import tempfile
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from wmtp_jax import generate as gen
-from wmtp_jax import presets
-from wmtp_jax.mtp import MTPConfig, MTPTransformer
+from wmtp_jax import pretrained, run_config, train
+from wmtp_jax.data import run_data
 
 log = logging.getLogger(__name__)
 
 
-def train_tiny(steps: int, *, batch_size: int = 16, seed: int = 0, lr: float = 3e-3,
-               **shape: int):
-  """``(model, params, tokenizer, dataset_dir, final loss)``: the tiny MTP preset (with ``shape``
-  overrides such as ``n_layers``, ``dim``) trained on the correct solutions of the synthetic task
-  (generated into the usual cache if needed)."""
-  import optax  # pylint: disable=import-outside-toplevel
-  from wmtp_jax import losses  # pylint: disable=import-outside-toplevel
-  from wmtp_jax.data import records, synthetic, template, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  from wmtp_jax.eval import benchmarks  # pylint: disable=import-outside-toplevel
-
-  directory = synthetic.ensure_dataset(benchmarks._default_synthetic_dir())  # pylint: disable=protected-access
-  tok = tokenizer_lib.load_tokenizer(directory / "tokenizer")
-  cfg = MTPConfig(**presets.mtp("tiny", **shape))
-  model = MTPTransformer(cfg)
-  examples = [e for r in records.read_jsonl(directory / "train.jsonl") if r["is_correct"]
-              for e in [template.encode(r, tok, cfg.max_seq_len)] if e is not None]
-  params = jax.jit(lambda key: nn.meta.unbox(
-      model.init(key, jnp.zeros((1, 8), jnp.int32)))["params"])(jax.random.key(seed))
-  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(20, steps // 2), steps, lr / 10)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.95,
-                                                                 weight_decay=0.0))
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, tokens, labels, attention_mask):
-    def loss_fn(p):
-      logits = model.apply({"params": p}, tokens, attention_mask)
-      return losses.mtp_cross_entropy(logits, labels, attention_mask)["loss"]
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  rng = np.random.default_rng(seed)
-  loss = float("nan")
-  for i in range(steps):
-    batch = template.collate([examples[j] for j in rng.integers(0, len(examples), batch_size)],
-                             pad_id=tok.pad_token_id, bucket_lengths=(128, cfg.max_seq_len))
-    params, opt_state, loss = step(params, opt_state, batch["tokens"], batch["labels"],
-                                   batch["attention_mask"])
-    if (i + 1) % 50 == 0 or i + 1 == steps:
-      log.info("train step %d/%d loss %.4f", i + 1, steps, float(loss))
-  return model, params, tok, directory, float(loss)
+def train_tiny(steps: int, **shape: int):
+  """``(model, params, tokenizer, dataset_dir, final loss)``: the ``baseline`` pipeline's tiny
+  config (the MTP preset with ``shape`` overrides such as ``n_layers``, ``dim``) trained for
+  ``steps`` by the project's train loop on the synthetic task, in a temporary workdir."""
+  config = run_config.baseline("tiny")
+  config.model.update(shape)
+  config.train.update(steps=steps, eval_every=0)
+  config.checkpoint.every_steps = steps
+  config.evaluate.update(enabled=False, every_steps=0)
+  with tempfile.TemporaryDirectory() as workdir:
+    final = train.run(config, workdir)
+    model, params, tok = _load(workdir)
+  return model, params, tok, run_data.dataset_dir(config.data), final["loss"]
 
 
 def _load(checkpoint: str):
-  from wmtp_jax import pretrained  # pylint: disable=import-outside-toplevel
-  from wmtp_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  path = pathlib.Path(checkpoint)
-  source = path / "model" if (path / "model" / pretrained.CONFIG_FILE).is_file() else path
-  cfg = pretrained.read_config(source)
+  """``(model, params, tokenizer)`` of a converted directory or a finished run's workdir."""
+  cfg, params = pretrained.load_pretrained(checkpoint)
   model = pretrained.KINDS[pretrained.kind_of(cfg)][1](cfg)
-  abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                    nn.meta.unbox(pretrained.abstract_params(cfg)))
-  params = pretrained.restore_params(source, abstract)
-  return model, params, tokenizer_lib.load_tokenizer(source / "tokenizer")
+  return model, params, pretrained.load_tokenizer(pretrained.resolve(checkpoint))
 
 
 def _timed(generator, params, prompts, repeats: int, **kwargs):
