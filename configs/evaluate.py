@@ -16,7 +16,8 @@ Writes ``samples.jsonl``, ``results.jsonl``, ``summary.json`` and ``tb/`` into t
 
 import ml_collections
 
-from wmtp_jax import mesh, presets
+from wmtp_jax.training import mesh
+from wmtp_jax.models import presets
 
 VARIANTS = ("tiny", "7b")
 

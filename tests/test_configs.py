@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wmtp_jax import presets
-from wmtp_jax.llama import LlamaConfig
-from wmtp_jax.mtp import MTPConfig, MTPTransformer
+from wmtp_jax.models import presets
+from wmtp_jax.models.llama import LlamaConfig
+from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

@@ -24,10 +24,11 @@ import transformers
 from flax import traverse_util
 from torch_reference import TorchMTP, hf_llama, padded_batch, randomize_
 
-from wmtp_jax import convert, pretrained, weights
+from wmtp_jax import convert
+from wmtp_jax.checkpoints import pretrained, layouts
 from wmtp_jax.data.tokenizer import TokenizerError, train_bpe_tokenizer
-from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM
-from wmtp_jax.mtp import MTPConfig, MTPTransformer
+from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
 VOCAB = 300  # model vocabulary; the test tokenizer has TOKENIZER_VOCAB ≤ VOCAB entries
 TOKENIZER_VOCAB = 270
@@ -350,15 +351,15 @@ def test_entry_tables_cover_the_models_and_layouts_invert_exactly():
   mtp, llama = MTPConfig(**MTP), LlamaConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=80,
                                              num_hidden_layers=2, num_attention_heads=6,
                                              num_key_value_heads=2)
-  main, extra = weights.mtp_hf_entries(mtp)
+  main, extra = layouts.mtp_hf_entries(mtp)
   rng = np.random.default_rng(4)
-  for config, entries in [(mtp, weights.meta_entries(mtp)), (mtp, {**main, **extra}),
-                          (llama, weights.hf_entries(llama))]:
+  for config, entries in [(mtp, layouts.meta_entries(mtp)), (mtp, {**main, **extra}),
+                          (llama, layouts.hf_entries(llama))]:
     flax_shapes = {}
     for key, entry in entries.items():
       w = rng.normal(size=entry.shape).astype(np.float32)
-      flax_w = weights.to_flax(entry, w, config.block)
-      np.testing.assert_array_equal(weights.from_flax(entry, flax_w, config.block), w, err_msg=key)
+      flax_w = layouts.to_flax(entry, w, config.block)
+      np.testing.assert_array_equal(layouts.from_flax(entry, flax_w, config.block), w, err_msg=key)
       flax_shapes[entry.path] = flax_w.shape
     pretrained.check_params(config, flax_shapes, where=type(config).__name__)
 
@@ -371,7 +372,7 @@ def test_restore_into_a_4_device_mesh(meta_model):
       jax.config.update("jax_num_cpu_devices", 4)
       import flax.linen as nn
       import numpy as np
-      from wmtp_jax import pretrained
+      from wmtp_jax.checkpoints import pretrained
       mesh = jax.make_mesh((4,), ("fsdp",))
       rules = (("embed", "fsdp"), ("mlp", None), ("heads", None), ("kv_heads", None),
                ("head_dim", None), ("vocab", None))

@@ -248,8 +248,8 @@ def synthetic_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_model():
   from test_generate import random_params  # pylint: disable=import-outside-toplevel
-  from wmtp_jax import presets
-  from wmtp_jax.mtp import MTPConfig, MTPTransformer
+  from wmtp_jax.models import presets
+  from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
   model = MTPTransformer(MTPConfig(**presets.mtp("tiny", max_seq_len=128)))
   return model, random_params(model, seed=0)
 
@@ -275,7 +275,7 @@ def test_evaluate_problems_on_the_synthetic_task(synthetic_dir, tiny_model):
 
 
 def test_evaluate_pipeline_writes_results(tmp_path, synthetic_dir, tiny_model, capsys):
-  from wmtp_jax import pretrained
+  from wmtp_jax.checkpoints import pretrained
   import configs.evaluate as evaluate_config  # pylint: disable=import-outside-toplevel
   model, params = tiny_model
   checkpoint = tmp_path / "converted"

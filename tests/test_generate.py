@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wmtp_jax import generate as gen
-from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM
-from wmtp_jax.mtp import MTPConfig, MTPTransformer
+from wmtp_jax.decoding import generator as gen
+from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
 # One trunk block + four head blocks, grouped-query attention.
 MTP_CFG = MTPConfig(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=97, multiple_of=32,
@@ -241,8 +241,9 @@ def test_sharded_generation_matches_single_device(tmp_path):
   script = textwrap.dedent(f"""
       import jax, jax.numpy as jnp, numpy as np, flax
       jax.config.update("jax_num_cpu_devices", 4)
-      from wmtp_jax import generate as gen, mesh as mesh_lib
-      from wmtp_jax.mtp import MTPConfig, MTPTransformer
+      from wmtp_jax.decoding import generator as gen
+      from wmtp_jax.training import mesh as mesh_lib
+      from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
       model = MTPTransformer(MTPConfig(**{MTP_CFG.__dict__!r}))
       flat = np.load({str(tmp_path / "params.npz")!r})
       params = flax.traverse_util.unflatten_dict({{tuple(k.split("/")): v for k, v in flat.items()}})

@@ -1,4 +1,4 @@
-"""Tests for wmtp_jax.losses and wmtp_jax.blockwise_ce against plain numpy loop references."""
+"""Tests for wmtp_jax.losses and wmtp_jax.losses.blockwise_ce against plain numpy loop references."""
 
 import functools
 import re
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from wmtp_jax import IGNORE_INDEX
-from wmtp_jax.blockwise_ce import blockwise_token_ce
+from wmtp_jax.losses.blockwise_ce import blockwise_token_ce
 from wmtp_jax.losses import (clipped_value_loss, lambda_return_value_loss, mc_value_loss,
                              mtp_cross_entropy, mtp_cross_entropy_from_hidden,
                              mtp_targets, pairwise_ranking_loss, reduce_per_head, token_ce)

@@ -17,9 +17,10 @@ import transformers
 
 from torch_reference import (TorchMTP, hf_llama, padded_batch, randomize_, state_dict_numpy,
                              torch_apply_rotary, torch_freqs_cis)
-from wmtp_jax import layers, weights
-from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM, ValueModel
-from wmtp_jax.mtp import MTPConfig, MTPTransformer
+from wmtp_jax.models import layers
+from wmtp_jax.checkpoints import layouts
+from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM, ValueModel
+from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
 TINY_MTP = dict(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=97, multiple_of=32,
                 ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500.0, n_future_tokens=3)
@@ -30,7 +31,7 @@ def test_mtp_matches_meta_torch_reference():
   cfg = MTPConfig(**TINY_MTP)
   ref = TorchMTP(cfg)
   randomize_(ref, seed=0)
-  params = weights.load_state_dict(weights.meta_entries(cfg), state_dict_numpy(ref), cfg.block)
+  params = layouts.load_state_dict(layouts.meta_entries(cfg), state_dict_numpy(ref), cfg.block)
   tokens, mask = padded_batch(np.random.default_rng(0), cfg.vocab_size, 3, 11, [11, 7, 1])
 
   with torch.no_grad():
@@ -70,7 +71,7 @@ def test_llama_matches_transformers(tmp_path):
   hf_cfg, ref = hf_llama(seed=1)
   hf_cfg.save_pretrained(tmp_path)
   cfg = LlamaConfig.from_hf_config(tmp_path / "config.json")
-  params = weights.load_state_dict(weights.hf_entries(cfg), state_dict_numpy(ref), cfg.block)
+  params = layouts.load_state_dict(layouts.hf_entries(cfg), state_dict_numpy(ref), cfg.block)
   tokens, mask = padded_batch(np.random.default_rng(2), cfg.vocab_size, 3, 10, [10, 6, 3])
   with torch.no_grad():
     want = ref(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
@@ -86,7 +87,7 @@ def test_value_model_matches_transformers_backbone_plus_head(kind):
       "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
       "num_key_value_heads", "max_position_embeddings", "rms_norm_eps")},
                     rope_theta=1000.0, value_head=kind, value_head_bias_init=0.5)
-  backbone = weights.load_state_dict(weights.hf_entries(cfg, lm_head=False),
+  backbone = layouts.load_state_dict(layouts.hf_entries(cfg, lm_head=False),
                                      {k: v for k, v in state_dict_numpy(ref).items()
                                       if not k.startswith("lm_head")}, cfg.block)
   d = cfg.hidden_size
@@ -170,12 +171,12 @@ def test_rope_meta_interleaved_equals_rotate_half_on_permuted_weights():
 
   cos, sin = layers.rope_cos_sin(jnp.arange(seq)[None], head_dim, theta)
   def ours(w):
-    y = x @ weights.interleaved_to_rotate_half(w, n_heads).T
+    y = x @ layouts.interleaved_to_rotate_half(w, n_heads).T
     return np.asarray(layers.apply_rope(jnp.asarray(y.reshape(1, seq, n_heads, head_dim)), cos, sin))
   our_scores = np.einsum("bsnh,btnh->bnst", ours(wq), ours(wk))
   np.testing.assert_allclose(our_scores, meta_scores, rtol=1e-5, atol=1e-4)
   np.testing.assert_array_equal(
-      weights.rotate_half_to_interleaved(weights.interleaved_to_rotate_half(wq, n_heads), n_heads), wq)
+      layouts.rotate_half_to_interleaved(layouts.interleaved_to_rotate_half(wq, n_heads), n_heads), wq)
 
 
 def test_attention_padding_rows_are_finite_and_ignored():
@@ -228,7 +229,7 @@ def test_meta_params_json_loads_directly(tmp_path):
   path.write_text(json.dumps(META_7B_1T_4))
   cfg = MTPConfig.from_params_json(path)
   assert cfg.block.ffn_hidden == 11008 and cfg.n_trunk_layers == 28 and cfg.max_seq_len == 2048
-  entries = weights.meta_entries(cfg)
+  entries = layouts.meta_entries(cfg)
   assert sum(k.startswith("layers.") and k.endswith("wq.weight") for k in entries) == 29
   assert sum(k.startswith("extra_heads.") and k.endswith("wq.weight") for k in entries) == 3
   path.write_text(json.dumps({**META_7B_1T_4, "n_futre_tokens": 2}))
@@ -254,24 +255,24 @@ def test_hf_config_rejects_unsupported_features(tmp_path):
 def test_strict_state_dict_errors_name_the_keys():
   cfg = MTPConfig(**TINY_MTP)
   sd = state_dict_numpy(TorchMTP(cfg))
-  entries = weights.meta_entries(cfg)
+  entries = layouts.meta_entries(cfg)
 
   missing = {k: v for k, v in sd.items() if k != "layers.0.attention.wq.weight"}
   with pytest.raises(ValueError, match=r"ckpt: .*missing keys \['layers\.0\.attention\.wq\.weight'\]"):
-    weights.load_state_dict(entries, missing, cfg.block, where="ckpt")
+    layouts.load_state_dict(entries, missing, cfg.block, where="ckpt")
 
   wrong = {**sd, "norm.weight": np.zeros(3, np.float32)}
   with pytest.raises(ValueError, match=r"wrongly shaped \['norm\.weight: \(3,\) \(expected \(64,\)\)'\]"):
-    weights.load_state_dict(entries, wrong, cfg.block)
+    layouts.load_state_dict(entries, wrong, cfg.block)
 
   # A 3-head checkpoint read with n_future_tokens=2: an error, not a silently random block.
   cfg2 = MTPConfig(**{**TINY_MTP, "n_future_tokens": 2})
   with pytest.raises(ValueError, match=r"unexpected keys.*extra_heads\.1.*n_future_tokens=3"):
-    weights.load_state_dict(weights.meta_entries(cfg2), sd, cfg2.block)
+    layouts.load_state_dict(layouts.meta_entries(cfg2), sd, cfg2.block)
 
   # HF rotary buffers are skipped on purpose.
   hf_cfg, ref = hf_llama(seed=0)
   lc = LlamaConfig(vocab_size=89, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
                    num_attention_heads=6, num_key_value_heads=2)
   hf_sd = {**state_dict_numpy(ref), "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4)}
-  weights.load_state_dict(weights.hf_entries(lc), hf_sd, lc.block)
+  layouts.load_state_dict(layouts.hf_entries(lc), hf_sd, lc.block)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wmtp_jax import IGNORE_INDEX, checkpointing
+from wmtp_jax import IGNORE_INDEX
+from wmtp_jax.checkpoints import checkpointer as checkpointing
 from wmtp_jax.data import pipeline, records, samplers, template
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
 

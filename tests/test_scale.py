@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from wmtp_jax import checkpointing, mtp, pretrained, train
+from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
+from wmtp_jax.models import mtp
+from wmtp_jax.training import loop as train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,7 +50,8 @@ SCRIPT = """
     sys.path.insert(0, {tests!r})
     import flax.linen as nn
     from conftest import tiny_config
-    from wmtp_jax import mesh, objectives, optim, train
+    from wmtp_jax.training import mesh, optim, loop as train
+    from wmtp_jax import objectives
 
     def specs(tree):
       return {{optim.path_str(tuple(k.key for k in p if hasattr(k, "key"))): [

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 from torch_reference import padded_batch
-from wmtp_jax import checkpointing, generate, lora, mesh as mesh_lib, pretrained, scan_layout
-from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM
-from wmtp_jax.mtp import MTPConfig, MTPTransformer
+from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
+from wmtp_jax.decoding import generator as generate
+from wmtp_jax.training import lora, mesh as mesh_lib
+from wmtp_jax.models import scan_layout
+from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
 TINY_MTP = MTPConfig(dim=32, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=61, multiple_of=16,
                      n_future_tokens=2)  # 2 trunk blocks

@@ -12,9 +12,11 @@ import pytest
 
 from conftest import tiny_config
 from test_train import _setup
-from wmtp_jax import IGNORE_INDEX, main as main_lib, objectives, pretrained, run_config, train
-from wmtp_jax import mesh as mesh_lib
-from wmtp_jax.mtp import MTPConfig
+from wmtp_jax import IGNORE_INDEX, main as main_lib, objectives, run_config
+from wmtp_jax.checkpoints import pretrained
+from wmtp_jax.training import loop as train
+from wmtp_jax.training import mesh as mesh_lib
+from wmtp_jax.models.mtp import MTPConfig
 
 
 def _log_softmax(x):

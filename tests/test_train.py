@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from wmtp_jax import (lora, main as main_lib, mesh as mesh_lib, objectives, pretrained, run_config,
-                      train)
+from wmtp_jax.training import lora, mesh as mesh_lib, loop as train
+from wmtp_jax import main as main_lib, objectives, run_config
+from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.data import records, run_data
 from wmtp_jax.eval import interval
 
@@ -238,7 +239,7 @@ _RESUME_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
     from conftest import tiny_config
-    from wmtp_jax import train
+    from wmtp_jax.training import loop as train
     config = tiny_config("baseline", __import__("pathlib").Path({data!r}), steps=6)
     config.checkpoint.every_steps = 3
     kill_after = int(sys.argv[2])
@@ -300,7 +301,8 @@ def test_sharded_training_matches_one_device(small_dataset, tmp_path):
       jax.config.update("jax_num_cpu_devices", int(sys.argv[2]))
       sys.path.insert(0, {str(ROOT / "tests")!r})
       from conftest import tiny_config
-      from wmtp_jax import mesh, objectives, train
+      from wmtp_jax.training import mesh, loop as train
+      from wmtp_jax import objectives
       config = tiny_config("baseline", pathlib.Path({str(small_dataset)!r}))
       config.mesh.shape.data, config.mesh.shape.fsdp = int(sys.argv[3]), int(sys.argv[4])
       train.run(config, sys.argv[1])

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import transformers
 
-from wmtp_jax import layers
-from wmtp_jax.mtp import MTPConfig
+from wmtp_jax.models import layers
+from wmtp_jax.models.mtp import MTPConfig
 
 
 class TorchRMSNorm(torch.nn.Module):

@@ -16,7 +16,7 @@ Sources:
     ``ValueModel`` backbone is its ``model`` subtree). The tokenizer files come from the same
     directory or ``--tokenizer``.
   ``--dtype`` is the stored parameter dtype (default fp32: exact for fp16/bf16/fp32 sources).
-  The destination layout is described in ``wmtp_jax.pretrained``.
+  The destination layout is described in ``wmtp_jax.checkpoints.pretrained``.
 
 Exports (``--src`` a converted directory; ``--dtype`` defaults to the original checkpoint's):
   ``export-hf``: ``config.json`` + ``model.safetensors`` (or ``model-0000i-of-0000N.safetensors`` +
@@ -25,7 +25,7 @@ Exports (``--src`` a converted directory; ``--dtype`` defaults to the original c
     (``n_layers − n_future + 1`` layers: trunk + head 0, shared norm and output) and
     ``extra_heads.safetensors`` holds heads 1 … n−1 as ``extra_heads.{k−1}.<block sub-key>`` in HF
     layout (``self_attn.q_proj.weight``, …, ``mlp.gate_proj.weight``, ``input_layernorm.weight``,
-    …; see ``weights.mtp_hf_entries``), with ``n_future_tokens`` in its metadata.
+    …; see ``layouts.mtp_hf_entries``), with ``n_future_tokens`` in its metadata.
   ``export-meta``: ``params.json`` + ``consolidated.pth`` in Meta's layout (RoPE rows permuted back
     to interleaved) + the tokenizer files; MTP models only.
 
@@ -63,9 +63,9 @@ import torch
 import transformers
 from safetensors import safe_open
 
-from wmtp_jax import pretrained, weights
-from wmtp_jax.llama import LlamaConfig
-from wmtp_jax.mtp import MTPConfig
+from wmtp_jax.checkpoints import pretrained, layouts
+from wmtp_jax.models.llama import LlamaConfig
+from wmtp_jax.models.mtp import MTPConfig
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 EXTRA_HEADS_FILE = "extra_heads.safetensors"
@@ -240,24 +240,24 @@ def convert(fmt: str, src: str | Path, dst: str | Path, *, dtype: str = "float32
   if fmt == "meta":
     config_file, files = meta_files(src)
     config = MTPConfig.from_params_json(config_file, param_dtype=dtype)
-    entries = weights.meta_entries(config)
+    entries = layouts.meta_entries(config)
   elif fmt == "hf":
     config_file, files = hf_files(src)
     # HF's ``dtype`` key is the storage dtype, not our compute dtype: set both explicitly.
     config = LlamaConfig.from_hf_config(config_file, dtype="float32", param_dtype=dtype)
-    entries = weights.hf_entries(config)
+    entries = layouts.hf_entries(config)
   else:
     raise ValueError(f"unknown source format {fmt!r}: expected 'meta' or 'hf'")
   reader = TensorFiles(files)
   specs = reader.specs()
-  weights.check_keys(entries, {k: shape for k, (shape, _) in specs.items()},
+  layouts.check_keys(entries, {k: shape for k, (shape, _) in specs.items()},
                      where=", ".join(str(f) for f in files))
   tokenizer_src = find_tokenizer(fmt, src, tokenizer)
   by_dtype = collections.Counter(d for k, (_, d) in specs.items() if k in entries)
   _new_dir(dst)
   try:
     pretrained.copy_tokenizer(tokenizer_src, dst, config.vocab_size, where=str(config_file))
-    params = weights.tensors_to_flax(entries, reader, config.block, dtype=jnp.dtype(dtype))
+    params = layouts.tensors_to_flax(entries, reader, config.block, dtype=jnp.dtype(dtype))
     pretrained.save_params(dst, config, params, source={
         "format": fmt, "path": str(src.absolute()), "dtype": by_dtype.most_common(1)[0][0]})
   except BaseException:
@@ -319,9 +319,9 @@ def export_hf(config: MTPConfig | LlamaConfig, params: Mapping, dst: str | Path,
   dst = Path(dst)
   _check_export(config, params, str(dst))
   if isinstance(config, MTPConfig):
-    entries, extra = weights.mtp_hf_entries(config)
+    entries, extra = layouts.mtp_hf_entries(config)
   else:
-    entries, extra = weights.hf_entries(config), {}
+    entries, extra = layouts.hf_entries(config), {}
   itemsize, limit = jnp.dtype(dtype).itemsize, _file_size(max_shard_size)
   shards: list[list[str]] = [[]]
   size = 0
@@ -337,7 +337,7 @@ def export_hf(config: MTPConfig | LlamaConfig, params: Mapping, dst: str | Path,
   _new_dir(dst)
   try:
     hf_config(config, dtype).save_pretrained(dst)
-    tensors = weights.flax_to_tensors(entries, params, config.block, dtype=jnp.dtype(dtype))
+    tensors = layouts.flax_to_tensors(entries, params, config.block, dtype=jnp.dtype(dtype))
     for name, keys in zip(names, shards):
       shard = {key: to_torch(w) for key, w in (next(tensors) for _ in keys)}
       safetensors.torch.save_file(shard, dst / name, metadata={"format": "pt"})
@@ -347,7 +347,7 @@ def export_hf(config: MTPConfig | LlamaConfig, params: Mapping, dst: str | Path,
                "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
       (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     if extra:
-      heads = {k: to_torch(w) for k, w in weights.flax_to_tensors(
+      heads = {k: to_torch(w) for k, w in layouts.flax_to_tensors(
           extra, params, config.block, dtype=jnp.dtype(dtype))}
       safetensors.torch.save_file(heads, dst / EXTRA_HEADS_FILE, metadata={
           "format": "pt", "n_future_tokens": str(config.n_future_tokens)})
@@ -367,11 +367,11 @@ def export_meta(config: MTPConfig, params: Mapping, dst: str | Path, *, dtype: s
     raise ValueError(f"export-meta writes Meta's MTP layout; this is a {type(config).__name__} "
                      f"model: use export-hf")
   _check_export(config, params, str(dst))
-  entries = weights.meta_entries(config)
+  entries = layouts.meta_entries(config)
   meta_params = {k: getattr(config, k) for k in META_PARAMS if getattr(config, k) is not None}
   _new_dir(dst)
   try:
-    state_dict = {k: to_torch(w) for k, w in weights.flax_to_tensors(
+    state_dict = {k: to_torch(w) for k, w in layouts.flax_to_tensors(
         entries, params, config.block, dtype=jnp.dtype(dtype))}
     torch.save(state_dict, dst / "consolidated.pth")
     del state_dict

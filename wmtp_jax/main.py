@@ -19,7 +19,8 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from wmtp_jax import run_config, train
+from wmtp_jax import run_config
+from wmtp_jax.training import loop as train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
                                           lock_config=True)

@@ -9,7 +9,8 @@ LoRA r64) which needs only the checkpoint and data paths (``required`` lists the
 
 import ml_collections
 
-from wmtp_jax import mesh, presets
+from wmtp_jax.training import mesh
+from wmtp_jax.models import presets
 
 VARIANTS = ("tiny", "7b")
 POLICY_PIPELINES = ("baseline", "verifiable", "rho1")

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wmtp_jax import convert, weights
+from wmtp_jax import convert
+from wmtp_jax.checkpoints import layouts
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
-from wmtp_jax.mtp import MTPConfig
+from wmtp_jax.models.mtp import MTPConfig
 
 _CORPUS = ["def f(x):\n    return x + 1\n", "print('hello world')\n",
            "for i in range(10):\n    total += i * i\n", "class A:\n    pass\n"] * 5
@@ -69,7 +70,7 @@ def _write_meta(path: Path, cfg: MTPConfig, src_dtype: torch.dtype, seed: int) -
   path.mkdir(parents=True)
   rng = np.random.default_rng(seed)
   state_dict = {key: torch.from_numpy(rng.standard_normal(entry.shape, np.float32) * 0.02)
-                .to(src_dtype) for key, entry in weights.meta_entries(cfg).items()}
+                .to(src_dtype) for key, entry in layouts.meta_entries(cfg).items()}
   torch.save(state_dict, path / "consolidated.pth")
   (path / "params.json").write_text(json.dumps({k: getattr(cfg, k) for k in convert.META_PARAMS}))
 
@@ -122,7 +123,7 @@ def main(argv: list[str]) -> dict:
   finally:
     if not args.keep:
       shutil.rmtree(workdir, ignore_errors=True)
-  n_params = sum(int(np.prod(e.shape)) for e in weights.meta_entries(cfg).values())
+  n_params = sum(int(np.prod(e.shape)) for e in layouts.meta_entries(cfg).values())
   return {
       "model": {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
                 "n_future_tokens": cfg.n_future_tokens, "vocab_size": cfg.vocab_size,

@@ -27,10 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax import presets, sandbox
+from wmtp_jax.models import presets
+from wmtp_jax import sandbox
 from wmtp_jax.data import pipeline, records, samplers, template
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
-from wmtp_jax.mtp import MTPConfig, MTPTransformer
+from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
 _OPS = ("+", "-", "*", "//", "%")
 

@@ -47,8 +47,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax import generate as gen
-from wmtp_jax import pretrained, run_config, train
+from wmtp_jax.decoding import generator as gen
+from wmtp_jax.checkpoints import pretrained
+from wmtp_jax import run_config
+from wmtp_jax.training import loop as train
 from wmtp_jax.data import run_data
 
 log = logging.getLogger(__name__)

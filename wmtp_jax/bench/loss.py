@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmtp_jax import IGNORE_INDEX
-from wmtp_jax.blockwise_ce import DEFAULT_TOKEN_BLOCK, DEFAULT_VOCAB_BLOCK
+from wmtp_jax.losses.blockwise_ce import DEFAULT_TOKEN_BLOCK, DEFAULT_VOCAB_BLOCK
 from wmtp_jax.losses import mtp_cross_entropy, mtp_cross_entropy_from_hidden
 
 

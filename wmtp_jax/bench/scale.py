@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax import lora, mesh as mesh_lib, objectives, optim, run_config, train
+from wmtp_jax.training import lora, mesh as mesh_lib, optim, loop as train
+from wmtp_jax import objectives, run_config
 
 TARGET_TOLERANCE = 0.10
 

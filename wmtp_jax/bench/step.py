@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from wmtp_jax import (IGNORE_INDEX, flops, losses, mesh as mesh_lib, objectives, presets, run_config,
-                      train, weighting)
+from wmtp_jax import IGNORE_INDEX, losses, objectives, run_config, weighting
+from wmtp_jax.training import flops, mesh as mesh_lib, loop as train
+from wmtp_jax.models import presets
 from wmtp_jax.objectives import base
 
 SMALL_POLICY = dict(dim=512, n_layers=12, n_heads=8, n_kv_heads=8, vocab_size=32000,

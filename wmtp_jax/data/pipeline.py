@@ -21,7 +21,7 @@ Batches are dicts of numpy arrays: ``tokens, labels, attention_mask [B, S] int32
 carry the ``collate`` keys prefixed ``pos_``/``neg_`` (both ``[B, S]``) and ``dropped_before``.
 
 The iterator (``iter(dataset)``) is checkpointable: ``get_state()``/``set_state(state)`` (a JSON
-dict); ``wmtp_jax.checkpointing.Checkpointer`` saves it with the train state in one Orbax step
+dict); ``wmtp_jax.checkpoints.checkpointer.Checkpointer`` saves it with the train state in one Orbax step
 (``grain.checkpoint.CheckpointSave``, one file per process). A state restores only into a pipeline
 built with the same arguments; ``reshard_state`` converts the states of P processes into the state
 of a shard of P' processes (``num_workers=0`` only).

@@ -2,10 +2,10 @@
 scoring, the unbiased pass@k estimator, per-head metrics and the ``evaluate`` pipeline.
 
 * ``evaluate_problems(model, params, tokenizer, problems, …) -> {"summary", "per_problem",
-  "samples"}``: generate (``wmtp_jax.generate``; optionally self-speculative) and score.
+  "samples"}``: generate (``wmtp_jax.decoding.generator``; optionally self-speculative) and score.
 * ``run(config, workdir)``: the ``evaluate`` pipeline (``configs/evaluate.py``).
 * ``interval.at_interval(config, setup, state, step, data, logger)``: held-out pass@1 of the
-  policy every ``config.evaluate.every_steps`` training steps (``wmtp_jax.train``).
+  policy every ``config.evaluate.every_steps`` training steps (``wmtp_jax.training.loop``).
 * ``score_completions(problems, completions, …)``: sandboxed verdicts; ``python -m
   wmtp_jax.eval.score``: score a JSONL of completions produced by any model.
 

@@ -8,7 +8,9 @@ model the run started from (``config.init.checkpoint`` or the seeded random init
 import logging
 import pathlib
 
-from wmtp_jax import mesh as mesh_lib, objectives, pretrained, train
+from wmtp_jax.training import mesh as mesh_lib, loop as train
+from wmtp_jax import objectives
+from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.data import run_data
 from wmtp_jax.eval import runner
 

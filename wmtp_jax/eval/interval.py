@@ -19,7 +19,7 @@ def at_interval(config, setup, state, step: int, data, logger) -> dict[str, floa
   e = config.evaluate
   if not e.every_steps or step % e.every_steps:
     return {}
-  from wmtp_jax import train  # pylint: disable=import-outside-toplevel  (train imports this module)
+  from wmtp_jax.training import loop as train  # pylint: disable=import-outside-toplevel  (train imports this module)
   problems = runner.split_problems(data.directory, e.split, e.interval_problems)
   result = runner.evaluate_problems(
       setup.objective.model, train.merged_params(setup, state), data.tokenizer, problems,

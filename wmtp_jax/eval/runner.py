@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmtp_jax import IGNORE_INDEX
-from wmtp_jax import generate as gen
+from wmtp_jax.decoding import generator as gen
 from wmtp_jax.data import records
 from wmtp_jax.eval import benchmarks, passk
 
@@ -199,7 +199,8 @@ def head_metrics(model, params, batches) -> dict[str, np.ndarray]:
 def _model_and_params(config, mesh, rules):
   """``(model, params, source dir or None)`` from ``config.checkpoint`` (its model config when it
   has one, else ``config.model``) or freshly initialised (a warning)."""
-  from wmtp_jax import checkpointing, mesh as mesh_lib, pretrained  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.training import mesh as mesh_lib
   checkpoint = pathlib.Path(config.checkpoint) if config.checkpoint else None
   source = None
   if checkpoint is not None:
@@ -288,7 +289,7 @@ def _table(title: str, rows: Mapping[str, Any]) -> str:
 
 def run(config, workdir) -> dict:
   """The ``evaluate`` pipeline (``configs/evaluate.py``): returns the summary (also written)."""
-  from wmtp_jax import mesh as mesh_lib, metrics_log  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.training import mesh as mesh_lib, metrics_log  # pylint: disable=import-outside-toplevel
   from wmtp_jax.data import records  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
   for key in config.get("required", ()):

@@ -1,7 +1,7 @@
 """Objectives: the only thing that differs between pipelines (DESIGN §1).
 
 An ``Objective`` says which model trains, what batch it reads and how its loss is computed. The
-train loop (``wmtp_jax.train``) is shared: it handles LoRA, frozen parameters, micro-batching,
+train loop (``wmtp_jax.training.loop``) is shared: it handles LoRA, frozen parameters, micro-batching,
 the optimizer, checkpoints and logging, and calls
 
     loss, (metrics, aux_sums) = objective.loss(params, apply, frozen, batch, norms, aux, rng)

@@ -5,7 +5,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wmtp_jax import IGNORE_INDEX, losses, metrics_log, weighting
+from wmtp_jax import IGNORE_INDEX, losses, weighting
+from wmtp_jax.training import metrics_log
 
 
 class Objective:

@@ -1,7 +1,7 @@
 """``baseline``: the MTP policy on correct solutions with all weights 1 (the control group)."""
 
-from wmtp_jax import presets
-from wmtp_jax.mtp import MTPConfig, MTPTransformer
+from wmtp_jax.models import presets
+from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 from wmtp_jax.objectives import base
 
 

@@ -10,8 +10,9 @@ batch, a micro-batch's mean is scaled by its share of the step's count (``normal
 
 import jax.numpy as jnp
 
-from wmtp_jax import losses, presets, weighting
-from wmtp_jax.llama import LlamaConfig, ValueModel
+from wmtp_jax import losses, weighting
+from wmtp_jax.models import presets
+from wmtp_jax.models.llama import LlamaConfig, ValueModel
 from wmtp_jax.objectives import base
 
 VALUE_LOSSES = ("mse", "huber")

@@ -1,7 +1,7 @@
 """``ref_tuning``: next-token SFT of the reference LLaMA on correct solutions (for ``rho1``)."""
 
-from wmtp_jax import presets
-from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM
+from wmtp_jax.models import presets
+from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.objectives import base
 
 

@@ -9,8 +9,9 @@ valid terms per head by excess (``mode`` ``signed`` | ``absolute`` | ``difficult
 
 import jax
 
-from wmtp_jax import presets, weighting
-from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM
+from wmtp_jax.models import presets
+from wmtp_jax import weighting
+from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.objectives import base
 from wmtp_jax.objectives.baseline import PolicyObjective
 

@@ -23,8 +23,9 @@ Where the values come from:
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax import losses, presets, weighting
-from wmtp_jax.llama import LlamaConfig, ValueHead, ValueModel
+from wmtp_jax import losses, weighting
+from wmtp_jax.models import presets
+from wmtp_jax.models.llama import LlamaConfig, ValueHead, ValueModel
 from wmtp_jax.objectives import base
 from wmtp_jax.objectives.baseline import PolicyObjective
 

@@ -35,10 +35,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from wmtp_jax import scan_layout, strict, weights
+from wmtp_jax.models import scan_layout, strict
+from wmtp_jax.checkpoints import layouts
 from wmtp_jax.data import tokenizer as tokenizer_lib
-from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM, ValueModel
-from wmtp_jax.mtp import MTPConfig, MTPTransformer
+from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM, ValueModel
+from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -60,7 +61,7 @@ FlatShapes = Mapping[tuple[str, ...], tuple[int, ...]]
 
 def resolve(path: str | os.PathLike) -> Path:
   """``path`` itself, or for a finished training run's ``WORKDIR`` its exported ``WORKDIR/model``
-  (``wmtp_jax.train`` writes it in this format, LoRA merged)."""
+  (``wmtp_jax.training.loop`` writes it in this format, LoRA merged)."""
   path = Path(path)
   run_export = path / "model"
   return run_export if (run_export / CONFIG_FILE).is_file() else path
@@ -135,7 +136,7 @@ def check_params(config: Config, shapes: FlatShapes, where: str, kind: str | Non
   model built from ``config`` (a ``scan_layers`` model's tree is compared unstacked)."""
   expected = traverse_util.flatten_dict(
       scan_layout.to_per_layer(nn.meta.unbox(abstract_params(config, kind))))
-  weights.check_shapes(_names({p: a.shape for p, a in expected.items()}), _names(shapes), where,
+  layouts.check_shapes(_names({p: a.shape for p, a in expected.items()}), _names(shapes), where,
                        what="params", hint=_heads_hint)
 
 
@@ -196,7 +197,7 @@ def restore_params(path: str | os.PathLike, target, *, unused: Iterable[str] = (
   unused = frozenset(unused)
   want = {p: a.shape for p, a in traverse_util.flatten_dict(target).items()}
   stored = {p: s for p, s in stored_shapes(path).items() if p[0] not in unused}
-  weights.check_shapes(_names(want), _names(stored), str(path), what="params", hint=_heads_hint)
+  layouts.check_shapes(_names(want), _names(stored), str(path), what="params", hint=_heads_hint)
   directory = (Path(path) / PARAMS_DIR).absolute()
   if not unused:
     with ocp.StandardCheckpointer() as checkpointer:

@@ -27,7 +27,7 @@ tokens (``mean_accepted_length`` in ``Generation.stats``); ``wmtp_jax.bench.deco
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax import generate as gen
+from wmtp_jax.decoding import generator as gen
 
 
 def draft(sampling: "gen.Sampling | gen._Knobs", draft_logits_BxkxV, rng) -> dict:

@@ -1,7 +1,7 @@
 """Autoregressive generation with a preallocated KV cache: jitted prefill + ``lax.while_loop`` decode.
 
 Works on an ``MTPTransformer`` (next-token head 0; with ``draft_heads > 0`` the other heads draft
-and head 0 verifies, see ``wmtp_jax.speculative``) and on a ``LlamaForCausalLM``.
+and head 0 verifies, see ``wmtp_jax.decoding.speculative``) and on a ``LlamaForCausalLM``.
 
 Shapes are static so the number of compilations is bounded: prompts are sorted by length, cut into
 batches of exactly ``batch_size`` rows (the last one padded with dummy rows) and right-padded to a
@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax.llama import LlamaForCausalLM
-from wmtp_jax.mtp import MTPTransformer
+from wmtp_jax.models.llama import LlamaForCausalLM
+from wmtp_jax.models.mtp import MTPTransformer
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _prefill(adapter: ModelAdapter, spec: _Spec, params, prompts_BxP, lengths_B,
                                 spec.max_new)
   state.update(out=out, n_gen=n_gen, done=done | ~real_B, last=first_B)
   if k:
-    from wmtp_jax import speculative  # pylint: disable=import-outside-toplevel
+    from wmtp_jax.decoding import speculative  # pylint: disable=import-outside-toplevel
     state.update(speculative.draft(spec.knobs(state), logits_BxhxV[:, 1:], draft_rng))
   return state
 
@@ -250,7 +250,7 @@ def _plain_step(adapter: ModelAdapter, spec: _Spec, params, state):
 def _decode(adapter: ModelAdapter, spec: _Spec, params, state, until_steps):
   """Decode steps until every row is done or ``steps == until_steps``."""
   if spec.draft_heads:
-    from wmtp_jax import speculative  # pylint: disable=import-outside-toplevel
+    from wmtp_jax.decoding import speculative  # pylint: disable=import-outside-toplevel
     step = functools.partial(speculative.step, adapter, spec, params)
   else:
     step = functools.partial(_plain_step, adapter, spec, params)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from wmtp_jax import IGNORE_INDEX
-from wmtp_jax.shapes import check_dim, check_rank
+from wmtp_jax.arrays import check_dim, check_rank
 
 # Tuned with ``python -m wmtp_jax.bench loss`` (N = 8192, D = 512, V = 32000) on a 2-core CPU,
 # where time is flat for T·C between 1M and 8M and temp memory grows with it. Accelerators may

@@ -6,7 +6,7 @@
 
 from typing import Any
 
-from wmtp_jax import strict
+from wmtp_jax.models import strict
 
 MTP_PRESETS: dict[str, dict[str, Any]] = {
     # A few layers and small dims (4 trunk blocks + 4 heads): trains on a laptop CPU in minutes.

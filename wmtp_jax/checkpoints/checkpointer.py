@@ -24,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from wmtp_jax import pretrained
+from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.data import pipeline
 
 log = logging.getLogger("wmtp_jax")

@@ -23,7 +23,7 @@ are already rotate-half. Both layouts give identical attention scores.
 
 Loading is strict: a missing, unexpected or wrongly shaped key is an error listing the names;
 ``*.rotary_emb.inv_freq`` buffers (older HF checkpoints) are skipped on purpose. ``check_shapes`` is
-the one strict name → shape comparison (also used for Flax trees by ``wmtp_jax.pretrained``).
+the one strict name → shape comparison (also used for Flax trees by ``wmtp_jax.checkpoints.pretrained``).
 """
 
 import dataclasses
@@ -32,9 +32,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from wmtp_jax.layers import BlockConfig
-from wmtp_jax.llama import LlamaConfig
-from wmtp_jax.mtp import MTPConfig
+from wmtp_jax.models.layers import BlockConfig
+from wmtp_jax.models.llama import LlamaConfig
+from wmtp_jax.models.mtp import MTPConfig
 
 SKIPPED_KEYS = re.compile(r".*rotary_emb\.inv_freq$")
 

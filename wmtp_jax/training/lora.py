@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax import layers, scan_layout
+from wmtp_jax.models import layers, scan_layout
 
 ALIASES = {"q": "wq", "k": "wk", "v": "wv", "o": "wo", "gate": "w1", "up": "w3", "down": "w2"}
 TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from wmtp_jax import alignment
-from wmtp_jax.shapes import check_dim, check_rank, check_same_shape
+from wmtp_jax import arrays
+from wmtp_jax.arrays import check_dim, check_rank, check_same_shape
 
 RHO1_MODES = ("signed", "absolute", "difficult")
 _WHITEN_EPS = 1e-8  # added to σ when whitening (DESIGN §3)
@@ -318,7 +318,7 @@ def future_valid(mask, n_future: int) -> jax.Array:
   ``valid[b, t, k] = (t+1+k ≤ S−1) and mask[b, t+1+k]``.
   """
   check_rank("mask", mask, (2,))
-  return alignment.future_window(_valid(mask), n_future, False)
+  return arrays.future_window(_valid(mask), n_future, False)
 
 
 def _sortable_keys(x):
@@ -413,7 +413,7 @@ def rho1_weights(policy_ce, ref_ce, mask, *, k_percent=0.6, mode="signed", head0
   _check_fraction("k_percent", k_percent, 1.0)
   n = policy_ce.shape[-1]
   valid_BxSxn = future_valid(mask, n)
-  ref_BxSxn = alignment.future_window(_f32(ref_ce), n, 0.0, offset=0)
+  ref_BxSxn = arrays.future_window(_f32(ref_ce), n, 0.0, offset=0)
   policy_BxSxn = _f32(policy_ce)
   excess_BxSxn = {"signed": policy_BxSxn - ref_BxSxn,
                   "absolute": jnp.abs(policy_BxSxn - ref_BxSxn),
@@ -444,7 +444,7 @@ def rho1_continuous_weights(policy_ce, ref_ce, mask, *, percentile=40.0, alpha=1
   _check_fraction("percentile", percentile, 100.0)
   n = policy_ce.shape[-1]
   valid_BxSxn = future_valid(mask, n)
-  ref_BxSxn = alignment.future_window(_f32(ref_ce), n, 0.0, offset=0)
+  ref_BxSxn = arrays.future_window(_f32(ref_ce), n, 0.0, offset=0)
   score_BxSxn = jnp.abs(ref_BxSxn - _f32(policy_ce))
   threshold_n = per_head_quantile(score_BxSxn, valid_BxSxn, percentile / 100.0)
   w_BxSxn = jnp.where(score_BxSxn > threshold_n, score_BxSxn, 0.0) + _f32(alpha)
@@ -471,7 +471,7 @@ def softmax_head_weights(scores, mask, n_future: int, *, temperature=1.0):
   """
   _check_bxs_with_mask("scores", scores, mask)
   valid_BxSxn = future_valid(mask, n_future)
-  logits_BxSxn = alignment.future_window(_f32(scores), n_future, 0.0) / _f32(temperature)
+  logits_BxSxn = arrays.future_window(_f32(scores), n_future, 0.0) / _f32(temperature)
   logits_BxSxn = jnp.where(valid_BxSxn, logits_BxSxn, -jnp.inf)
   max_BxS = jnp.max(logits_BxSxn, axis=-1, keepdims=True)
   max_BxS = jnp.where(jnp.isfinite(max_BxS), max_BxS, 0.0)

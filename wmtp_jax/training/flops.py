@@ -12,9 +12,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax.layers import BlockConfig
-from wmtp_jax.llama import LlamaConfig, LlamaForCausalLM
-from wmtp_jax.mtp import MTPConfig
+from wmtp_jax.models.layers import BlockConfig
+from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from wmtp_jax.models.mtp import MTPConfig
 
 
 def _block_matmul_params(b: BlockConfig) -> int:

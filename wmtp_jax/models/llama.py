@@ -1,6 +1,6 @@
 """Plain LLaMA (Hugging Face-style config): the reference model and the value (critic) model.
 
-Parameter tree (Flax names; ``wmtp_jax.weights`` maps a HF ``LlamaForCausalLM`` state dict onto it):
+Parameter tree (Flax names; ``wmtp_jax.checkpoints.layouts`` maps a HF ``LlamaForCausalLM`` state dict onto it):
 ``model/embed_tokens/embedding [V, D]``, ``model/layers_{i}/…`` (``layers.Block``; with
 ``scan_layers`` one ``model/layers/…`` ``[num_hidden_layers, …]``),
 ``model/norm/weight [D]``, and ``lm_head/kernel [D, V]`` (``LlamaForCausalLM``) or
@@ -18,7 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wmtp_jax import layers, strict
+from wmtp_jax.models import layers, strict
 
 VALUE_HEADS = ("linear", "sigmoid", "mlp")
 

@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from wmtp_jax import (checkpointing, flops, lora, mesh as mesh_lib, metrics_log, objectives, optim,
-                      pretrained)
+from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
+from wmtp_jax.training import flops, lora, mesh as mesh_lib, metrics_log, optim
+from wmtp_jax import objectives
 from wmtp_jax.data import run_data
 from wmtp_jax.eval import interval
 
@@ -323,7 +324,7 @@ def merged_params(setup: Setup, state: TrainState):
 
 def export_model(setup: Setup, state: TrainState, path: pathlib.Path, tokenizer) -> None:
   """Write the trained model (LoRA merged) as a converted-checkpoint directory
-  (``wmtp_jax.pretrained`` layout) that other runs load by path: ``WORKDIR/model``."""
+  (``wmtp_jax.checkpoints.pretrained`` layout) that other runs load by path: ``WORKDIR/model``."""
   if (path / pretrained.CONFIG_FILE).is_file():
     return  # a resumed, already finished run
   model = setup.objective.model

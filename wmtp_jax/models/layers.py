@@ -8,7 +8,7 @@ activations are constrained with ``nn.with_logical_constraint``; a mesh and a se
 those names onto devices (``flax.linen.logical_axis_rules``). Without rules they are no-ops.
 
 RoPE layout: **rotate-half** (Hugging Face): dimension ``i`` of a head is paired with ``i + H/2``.
-Meta's checkpoints pair adjacent dimensions ``(2i, 2i+1)``; ``wmtp_jax.weights`` permutes the rows of
+Meta's checkpoints pair adjacent dimensions ``(2i, 2i+1)``; ``wmtp_jax.checkpoints.layouts`` permutes the rows of
 Meta's ``wq``/``wk`` on conversion so the two give identical attention scores (DESIGN §4).
 """
 
@@ -94,7 +94,7 @@ class Projection(nn.Module):
   """A bias-free linear map contracting the last ``n_in`` input dims with a kernel
   ``[in…, out…]`` (``features`` = the output dims), created directly in its final shape so that
   its logical axis ``names`` (one per kernel dim) also constrain it at initialisation.
-  ``wmtp_jax.lora`` adds adapters to these modules."""
+  ``wmtp_jax.training.lora`` adds adapters to these modules."""
   features: int | tuple[int, ...]
   n_in: int
   names: tuple[str, ...]
@@ -119,7 +119,7 @@ class Attention(nn.Module):
   Kernels: ``wq [D, N, H]``, ``wk, wv [D, K, H]``, ``wo [N, H, D]`` (no biases). The attention itself
   is ``jax.nn.dot_product_attention`` so GPUs get the fused cuDNN kernel.
 
-  **KV-cache mode** (``cache_index_B`` given; generation, ``wmtp_jax.generate``): the ``T`` input
+  **KV-cache mode** (``cache_index_B`` given; generation, ``wmtp_jax.decoding.generator``): the ``T`` input
   tokens of row ``b`` occupy cache slots ``cache_index_B[b] … cache_index_B[b] + T − 1`` of the
   ``cache`` collection variables ``cached_key`` / ``cached_value`` ``[B, C, K, H]`` (``C`` = the cache
   length; the variables are created by a call that initialises the ``cache`` collection, with
@@ -242,7 +242,7 @@ def scanned_blocks(x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_inde
   XLA compiles one block instead of ``n_blocks``. Call from a compact method; returns ``[B, S, D]``.
 
   The blocks' parameters form one subtree ``name`` whose leaves carry a leading ``layers`` axis
-  ``[n_blocks, …]`` (``wmtp_jax.scan_layout`` converts to and from the per-layer layout); the
+  ``[n_blocks, …]`` (``wmtp_jax.models.scan_layout`` converts to and from the per-layer layout); the
   KV-cache variables likewise ``[n_blocks, B, C, K, H]``. Computes what the unrolled blocks do
   (up to the fp32 summation order); a fresh init draws other random values than theirs.
   """

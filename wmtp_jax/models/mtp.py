@@ -10,7 +10,7 @@ Every head block reads the **same** trunk output (parallel, not chained); the he
 stacked on axis −2, pass through **one shared** final RMSNorm and **one shared** untied output
 projection: ``logits[b, t, k]`` (``[B, S, n, V]``) predicts ``x_{t+1+k}``.
 
-Parameter tree (Flax names; ``wmtp_jax.weights`` maps Meta's state dict onto it):
+Parameter tree (Flax names; ``wmtp_jax.checkpoints.layouts`` maps Meta's state dict onto it):
 ``tok_embeddings/embedding [V, D]``, ``trunk_{i}/…`` (with ``scan_layers``: one ``trunk/…``
 ``[n_trunk_layers, …]``), ``head_{k}/…`` (``layers.Block``),
 ``norm/weight [D]``, ``output/kernel [D, V]``, and with ``value_head`` set ``value_head/…``
@@ -25,8 +25,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wmtp_jax import layers, strict
-from wmtp_jax.llama import VALUE_HEADS, ValueHead
+from wmtp_jax.models import layers, strict
+from wmtp_jax.models.llama import VALUE_HEADS, ValueHead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,7 @@ class MTPConfig:
   ``scan_layers``: run the trunk blocks as one ``nn.scan`` loop (``layers.scanned_blocks``; the
   heads stay separate blocks), which bounds compile time in the depth; the trunk params are then
   one subtree ``trunk/…`` ``[n_trunk_layers, …]`` instead of ``trunk_{i}/…`` (checkpoints on disk
-  keep the per-layer layout, ``wmtp_jax.scan_layout``). Outputs are the same.
+  keep the per-layer layout, ``wmtp_jax.models.scan_layout``). Outputs are the same.
   """
   dim: int = 4096
   n_layers: int = 32
@@ -115,7 +115,7 @@ class MTPTransformer(nn.Module):
         of each row's first token. ``tokens_BxS`` are then new tokens written into the ``cache``
         collection (apply with ``mutable=["cache"]``) of every block that runs (the trunk and the
         first ``heads`` heads), ``attention_mask_BxS`` is an optional key mask over the cache slots
-        and ``positions_BxS`` default to the slots. ``wmtp_jax.generate.init_cache`` builds the
+        and ``positions_BxS`` default to the slots. ``wmtp_jax.decoding.generator.init_cache`` builds the
         cache.
 
     Returns:

@@ -5,6 +5,9 @@ These run at trace time on static shapes, so they cost nothing inside ``jax.jit`
 
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
+
 
 def check_rank(name: str, x, ranks: Sequence[int]) -> None:
   """Raise ``ValueError`` unless ``x.ndim`` is one of ``ranks``."""
@@ -26,3 +29,17 @@ def check_dim(name_a: str, a, axis_a: int, name_b: str, b, axis_b: int) -> None:
     raise ValueError(
         f"{name_a} shape {tuple(a.shape)} (axis {axis_a}) does not match {name_b} shape "
         f"{tuple(b.shape)} (axis {axis_b})")
+
+
+
+def future_window(x_BxS, n: int, fill, *, offset: int = 1) -> jax.Array:
+  """``out[b, t, k] = x[b, t+offset+k]`` where that index is ``< S``, else ``fill``; ``[B, S, n]``.
+
+  With the default ``offset=1``, a target-aligned array (labels, masks, 2-D weights) becomes the
+  per-term array of head ``k`` at position ``t``; ``offset=0`` aligns a next-token quantity at
+  position ``t+k`` (e.g. a reference model's CE against ``x_{t+1+k}``).
+  """
+  seq_len = x_BxS.shape[1]
+  padded = jnp.pad(x_BxS, ((0, 0), (0, offset + n)), constant_values=fill)
+  index_SxN = jnp.arange(seq_len)[:, None] + offset + jnp.arange(n)[None, :]
+  return padded[:, index_SxN]

@@ -20,7 +20,7 @@ weights and the trainer decides whether weights are constants.
 The two MTP losses share target construction (``mtp_targets``), weight alignment
 (``expand_weights``) and the reduction (``reduce_per_head``); they differ only in how the per-term
 CE ``[B, S, n]`` is computed: from materialised logits (``token_ce``) or blockwise from hidden
-states (``wmtp_jax.blockwise_ce.blockwise_token_ce``). Everything is computed in float32.
+states (``wmtp_jax.losses.blockwise_ce.blockwise_token_ce``). Everything is computed in float32.
 """
 
 from collections.abc import Callable
@@ -28,10 +28,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax import IGNORE_INDEX, alignment
-from wmtp_jax.blockwise_ce import (DEFAULT_TOKEN_BLOCK, DEFAULT_VOCAB_BLOCK,
+from wmtp_jax import IGNORE_INDEX, arrays
+from wmtp_jax.losses.blockwise_ce import (DEFAULT_TOKEN_BLOCK, DEFAULT_VOCAB_BLOCK,
                                    blockwise_token_ce)
-from wmtp_jax.shapes import check_dim, check_rank, check_same_shape
+from wmtp_jax.arrays import check_dim, check_rank, check_same_shape
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,8 +53,8 @@ def mtp_targets(labels, attention_mask, n: int):
   """
   check_rank("labels", labels, (2,))
   check_same_shape("labels", labels, "attention_mask", attention_mask)
-  labels_BxSxN = alignment.future_window(jnp.asarray(labels, jnp.int32), n, IGNORE_INDEX)
-  attention_BxSxN = alignment.future_window(jnp.asarray(attention_mask, jnp.int32), n, 0)
+  labels_BxSxN = arrays.future_window(jnp.asarray(labels, jnp.int32), n, IGNORE_INDEX)
+  attention_BxSxN = arrays.future_window(jnp.asarray(attention_mask, jnp.int32), n, 0)
   valid_BxSxN = (labels_BxSxN != IGNORE_INDEX) & (attention_BxSxN != 0)
   return jnp.where(valid_BxSxN, labels_BxSxN, IGNORE_INDEX), valid_BxSxN
 
@@ -69,7 +69,7 @@ def expand_weights(weights, n: int):
     return None
   check_rank("weights", weights, (2, 3))
   weights = jnp.asarray(weights, jnp.float32)
-  return weights if weights.ndim == 3 else alignment.future_window(weights, n, 0.0)
+  return weights if weights.ndim == 3 else arrays.future_window(weights, n, 0.0)
 
 
 def reduce_per_head(ce_BxSxN, valid_BxSxN, weights_BxSxN=None, *, n_valid_per_head=None) -> dict:
