@@ -223,8 +223,8 @@ def test_checkpoint_resumes_in_the_other_process_layout(saved_by, two_and_one, s
           f"element 16") in log
   assert "exact" in log and "approximate" not in log
   np.testing.assert_allclose(_losses(resumed), _losses(source)[2:], rtol=1e-5)
-  _, params = pretrained.load_pretrained(resumed / train.EXPORT_DIR)
-  _, expected = pretrained.load_pretrained(source / train.EXPORT_DIR)
+  _, params = pretrained.load_pretrained(resumed / pretrained.RUN_EXPORT_DIR)
+  _, expected = pretrained.load_pretrained(source / pretrained.RUN_EXPORT_DIR)
   # The layouts differ only by float summation order (the rows of a global batch are ordered by
   # process): 1.5e-7 at most here, for updates of up to lr = 3e-3 per step.
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),

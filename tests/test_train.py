@@ -196,7 +196,7 @@ def test_run_writes_metrics_checkpoints_and_exported_model(small_dataset, tmp_pa
   assert sorted(_run_losses(run)) == [1, 2, 3, 4]
   assert (run / "tb").is_dir() and (run / "config.json").is_file()
   assert (run / "checkpoints" / "4").is_dir()
-  cfg = pretrained.read_config(run / train.EXPORT_DIR)
+  cfg = pretrained.read_config(run / pretrained.RUN_EXPORT_DIR)
   assert cfg.n_future_tokens == 2
   # A restart of a finished run changes nothing; a different config in the workdir is an error.
   train.run(config, run)
@@ -225,10 +225,10 @@ def test_interval_evaluation_logs_pass_at_1_of_the_current_params(small_dataset,
   logged = {r["step"]: r[interval.METRIC] for r in rows if interval.METRIC in r}
   assert sorted(logged) == [2, 4] and all(0.0 <= v <= 1.0 for v in logged.values())
   assert last[interval.METRIC] == logged[4]
-  cfg, params = pretrained.load_pretrained(run / train.EXPORT_DIR)
+  cfg, params = pretrained.load_pretrained(run / pretrained.RUN_EXPORT_DIR)
   model = pretrained.KINDS[pretrained.kind_of(cfg)][1](cfg)
   problems = records.read_problems(small_dataset / "test.problems.jsonl")[:4]
-  exported = evaluate(model, params, pretrained.load_tokenizer(run / train.EXPORT_DIR), problems,
+  exported = evaluate(model, params, pretrained.load_tokenizer(run / pretrained.RUN_EXPORT_DIR), problems,
                       max_new_tokens=24, batch_size=4, seed=config.seed)
   assert exported["summary"]["pass@1"] == logged[4]
   assert ([s["completion"] for s in exported["samples"]]
@@ -263,7 +263,7 @@ def _resume_script(tmp_path, small_dataset, sig: str) -> pathlib.Path:
 
 
 def _params_of(workdir):
-  _, params = pretrained.load_pretrained(workdir / train.EXPORT_DIR)
+  _, params = pretrained.load_pretrained(workdir / pretrained.RUN_EXPORT_DIR)
   return jax.device_get(params)
 
 
@@ -274,7 +274,7 @@ def test_exact_resume_after_kill_and_sigterm(small_dataset, tmp_path):
   subprocess.run([sys.executable, kill9, straight, "0"], check=True, env=env, timeout=600)
   first = subprocess.run([sys.executable, kill9, killed, "3"], env=env, timeout=600)
   assert first.returncode == -signal.SIGKILL
-  assert not (killed / train.EXPORT_DIR).exists()
+  assert not (killed / pretrained.RUN_EXPORT_DIR).exists()
   subprocess.run([sys.executable, kill9, killed, "0"], check=True, env=env, timeout=600)
 
   # SIGTERM: a checkpoint of the state at that step, then a clean exit (resuming from it is the
@@ -282,7 +282,7 @@ def test_exact_resume_after_kill_and_sigterm(small_dataset, tmp_path):
   term = _resume_script(tmp_path, small_dataset, "SIGTERM")
   stopped = subprocess.run([sys.executable, term, termed, "3"], env=env, timeout=600)
   assert stopped.returncode == 0
-  assert (termed / "checkpoints" / "3").is_dir() and not (termed / train.EXPORT_DIR).exists()
+  assert (termed / "checkpoints" / "3").is_dir() and not (termed / pretrained.RUN_EXPORT_DIR).exists()
 
   want, got = _run_losses(straight), _run_losses(killed)
   assert [got[s] for s in (4, 5, 6)] == [want[s] for s in (4, 5, 6)]
@@ -330,7 +330,7 @@ def test_main_trains_critic_first_and_required_keys(small_dataset, tmp_path):
   config.critic.run.train.steps = 2
   report = main_lib.run(config, tmp_path)
   assert set(report) == {"critic", "verifiable"}
-  assert pretrained.read_config(tmp_path / "critic" / train.EXPORT_DIR).value_head == "mlp"
+  assert pretrained.read_config(tmp_path / "critic" / pretrained.RUN_EXPORT_DIR).value_head == "mlp"
   with pytest.raises(ValueError, match=r"config\.init\.checkpoint is required"):
     main_lib.run(run_config.verifiable("7b"), tmp_path / "7b")
 

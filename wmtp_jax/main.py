@@ -34,17 +34,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process (with --coo
 log = logging.getLogger("wmtp_jax")
 
 
-def check_required(config) -> None:
-  """Every dotted key in ``config.required`` must be set (e.g. checkpoint paths of the 7b runs)."""
-  for key in config.required:
-    node = config
-    for part in key.split("."):
-      node = node[part]
-    if not node:
-      raise ValueError(f"config.{key} is required for variant {config.variant!r} "
-                       f"(pass --config.{key}=...)")
-
-
 def train_prerequisites(config, workdir: pathlib.Path) -> dict:
   """Train what ``config`` needs first into ``WORKDIR/<name>``: the frozen models (``critic``,
   ``reference``) whose ``checkpoint`` is empty, from their ``run`` configs, pointing
@@ -74,7 +63,7 @@ def run(config, workdir: pathlib.Path) -> dict:
   if config.pipeline == "evaluate":
     from wmtp_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
     return eval_lib.run(config, workdir)
-  check_required(config)
+  run_config.check_required(config)
   report = train_prerequisites(config, workdir)
   report[config.pipeline] = train.run(config, workdir / config.pipeline)
   if config.evaluate.enabled:

@@ -29,6 +29,17 @@ def _variant(arg: str | None, pipeline: str, options: tuple[str, ...] = ()) -> t
   return (sizes or ["tiny"])[0], set(parts) - set(sizes)
 
 
+def check_required(config) -> None:
+  """Every dotted key in ``config.required`` must be set (e.g. checkpoint paths of the 7b runs)."""
+  for key in config.required:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    if not node:
+      raise ValueError(f"config.{key} is required for variant {config.variant!r} "
+                       f"(pass --config.{key}=...)")
+
+
 def base(pipeline: str, variant: str) -> CD:
   tiny = variant == "tiny"
   c = CD()

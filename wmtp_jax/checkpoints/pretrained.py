@@ -44,6 +44,7 @@ from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
+RUN_EXPORT_DIR = "model"  # a finished training run exports its model to WORKDIR/model
 KINDS = {"mtp": (MTPConfig, MTPTransformer), "llama": (LlamaConfig, LlamaForCausalLM),
          "value": (LlamaConfig, ValueModel)}
 # Files of a tokenizer directory (HF fast/slow tokenizers, SentencePiece, GPT-2 style BPE).
@@ -63,7 +64,7 @@ def resolve(path: str | os.PathLike) -> Path:
   """``path`` itself, or for a finished training run's ``WORKDIR`` its exported ``WORKDIR/model``
   (``wmtp_jax.training.loop`` writes it in this format, LoRA merged)."""
   path = Path(path)
-  run_export = path / "model"
+  run_export = path / RUN_EXPORT_DIR
   return run_export if (run_export / CONFIG_FILE).is_file() else path
 
 

@@ -22,10 +22,10 @@ def trained_vs_untrained(config, run_dir: pathlib.Path) -> dict:
   e = config.evaluate
   objective = objectives.build(config)
   problems = runner.split_problems(run_data.dataset_dir(config.data), e.split, e.max_problems)
-  tokenizer = pretrained.load_tokenizer(run_dir / train.EXPORT_DIR)
+  tokenizer = pretrained.load_tokenizer(run_dir / pretrained.RUN_EXPORT_DIR)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
-  _, trained = pretrained.load_pretrained(run_dir / train.EXPORT_DIR)
+  _, trained = pretrained.load_pretrained(run_dir / pretrained.RUN_EXPORT_DIR)
   untrained = train.initial_params(config, objective, mesh, rules)
   report = {}
   for name, params in (("untrained", untrained), ("trained", trained)):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax import IGNORE_INDEX
+from wmtp_jax import IGNORE_INDEX, run_config
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.data import records
 from wmtp_jax.eval import benchmarks, passk
@@ -202,12 +202,9 @@ def _model_and_params(config, mesh, rules):
   from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained  # pylint: disable=import-outside-toplevel
   from wmtp_jax.training import mesh as mesh_lib
   checkpoint = pathlib.Path(config.checkpoint) if config.checkpoint else None
-  source = None
-  if checkpoint is not None:
-    for candidate in (checkpoint / "model", checkpoint):
-      if (candidate / pretrained.CONFIG_FILE).is_file():
-        source = candidate
-        break
+  source = pretrained.resolve(checkpoint) if checkpoint is not None else None
+  if source is not None and not (source / pretrained.CONFIG_FILE).is_file():
+    source = None
   if source is not None:
     overrides = {"dtype": config.dtype} if config.dtype else {}
     model_cfg = pretrained.read_config(source, **overrides)
@@ -292,10 +289,7 @@ def run(config, workdir) -> dict:
   from wmtp_jax.training import mesh as mesh_lib, metrics_log  # pylint: disable=import-outside-toplevel
   from wmtp_jax.data import records  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
-  for key in config.get("required", ()):
-    if not config[key]:
-      raise ValueError(f"config.{key} is required for variant {config.get('variant')!r} "
-                       f"(pass --config.{key}=...)")
+  run_config.check_required(config)
   bench = benchmarks.get(config.benchmark)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh_lib.make_mesh(config.mesh.shape)

@@ -39,7 +39,6 @@ from wmtp_jax.data import run_data
 from wmtp_jax.eval import interval
 
 log = logging.getLogger("wmtp_jax")
-EXPORT_DIR = "model"  # WORKDIR/model: the trained model, LoRA merged (``pretrained`` layout)
 
 
 @flax.struct.dataclass
@@ -422,7 +421,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
       if pending is not None:
         last.update(_log(logger, pending, schedules, objective, peak, config, final=True))
     if step == total_steps:
-      export_model(setup, state, workdir / EXPORT_DIR, data.tokenizer)
+      export_model(setup, state, workdir / pretrained.RUN_EXPORT_DIR, data.tokenizer)
   finally:
     preemption.restore()
     checkpointer.close()
