@@ -2,10 +2,14 @@
 
 import pathlib
 
+import jax
 import pytest
 
 from wmtp_jax import run_config
 from wmtp_jax.data import synthetic
+
+# Implicit rank promotion (``[B, S] * [S]``) hides shape bugs: every test runs with it forbidden.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 SMALL_DATA = dict(n_train=80, n_valid=12, n_test=16, seed=0, vocab_size=512)
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
