@@ -1,12 +1,15 @@
 """Sandboxed execution of untrusted Python programs (generated code during evaluation).
 
 ``run_python(code)`` runs one program, ``run_many(programs)`` runs many on a thread pool (each
-program is its own process tree, so threads only wait). Linux only.
+program is its own process tree, so threads only wait). Linux only. Modules: ``runner`` (the
+parent side: ``run_python``, ``run_many``, results, timeouts) and ``wrapper`` (the trusted child
+side, standard library only: namespaces, mounts, rlimits, privilege drop, supervisor,
+process-tree killing).
 
-How a program runs (DESIGN.md §6). The parent starts a small trusted *wrapper* (this file run as a
-script, ``python -I -S``) in a new session, with a scrubbed environment (``PATH``, ``LANG``,
-``HOME`` = ``TMPDIR`` = the working directory, ``PYTHONDONTWRITEBYTECODE``; nothing inherited)
-and with stdin/stdout/stderr connected to anonymous files. The wrapper
+How a program runs (DESIGN.md §6). The parent (``runner``) starts a small trusted *wrapper*
+(``wrapper.py`` run as a script, ``python -I -S``) in a new session, with a scrubbed environment
+(``PATH``, ``LANG``, ``HOME`` = ``TMPDIR`` = the working directory, ``PYTHONDONTWRITEBYTECODE``;
+nothing inherited) and with stdin/stdout/stderr connected to anonymous files. The wrapper
 
 1. becomes a *child subreaper* (orphaned descendants are re-parented to it, so none can leave
    its process tree by double-forking or ``setsid``) and dies with the parent (``PDEATHSIG``);
@@ -85,6 +88,6 @@ What it does NOT protect against, even with every mechanism in effect:
   maps only 65536 uids makes every run fail with ``SandboxError``).
 """
 
+from wmtp_jax.sandbox.runner import Program, RunResult, SandboxError, run_many, run_python
 from wmtp_jax.sandbox.wrapper import (FILE_SIZE_LIMIT, MASKED_DIRS, OPEN_FILES_LIMIT,
-                                      PROCESS_LIMIT, SANDBOX_UID_BASE, TMPFS_MB, Program,
-                                      RunResult, SandboxError, run_many, run_python)
+                                      PROCESS_LIMIT, SANDBOX_UID_BASE, TMPFS_MB)
