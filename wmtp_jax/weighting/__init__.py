@@ -142,8 +142,8 @@ def td_errors(values, mask, *, gamma=1.0, initial_value=0.5, rewards=None):
   if rewards is not None:
     _check_rewards(rewards, values)
     positions_S = jnp.arange(values_BxS.shape[1])
-    last_B = jnp.max(jnp.where(valid_BxS, positions_S, -1), axis=1)
-    is_last_BxS = positions_S == last_B[:, None]
+    last_B = jnp.max(jnp.where(valid_BxS, positions_S[None, :], -1), axis=1)
+    is_last_BxS = positions_S[None, :] == last_B[:, None]
     delta_BxS = jnp.where(is_last_BxS, _f32(rewards)[:, None] - values_BxS, delta_BxS)
   return jnp.where(valid_BxS, delta_BxS, 0.0)
 
@@ -340,7 +340,7 @@ def _kth_smallest_key(keys_Mxn, rank_n):
   """
   def body(i, result_n):
     candidate_n = result_n | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-    below_n = jnp.sum(keys_Mxn < candidate_n, axis=0, dtype=jnp.int32)
+    below_n = jnp.sum(keys_Mxn < candidate_n[None, :], axis=0, dtype=jnp.int32)
     return jnp.where(below_n <= rank_n, candidate_n, result_n)
 
   return lax.fori_loop(0, 32, body, jnp.zeros(keys_Mxn.shape[1:], jnp.uint32))
@@ -378,8 +378,9 @@ def per_head_quantile(x, valid, q):
   lo_n = lo_n.astype(jnp.int32)
   lo_key_n = _kth_smallest_key(keys_Mxn, lo_n)
   # The next order statistic: the same key if it repeats, else the smallest larger key.
-  n_le_n = jnp.sum(keys_Mxn <= lo_key_n, axis=0, dtype=jnp.int32)
-  above_n = jnp.min(jnp.where(keys_Mxn > lo_key_n, keys_Mxn, jnp.uint32(0xFFFFFFFF)), axis=0)
+  n_le_n = jnp.sum(keys_Mxn <= lo_key_n[None, :], axis=0, dtype=jnp.int32)
+  above_n = jnp.min(jnp.where(keys_Mxn > lo_key_n[None, :], keys_Mxn, jnp.uint32(0xFFFFFFFF)),
+                    axis=0)
   at_end_n = (n_le_n >= lo_n + 2) | (lo_n + 1 >= count_n)
   hi_key_n = jnp.where(at_end_n, lo_key_n, above_n)
   lo_x_n, hi_x_n = _from_sortable_keys(lo_key_n), _from_sortable_keys(hi_key_n)
@@ -422,7 +423,7 @@ def rho1_weights(policy_ce, ref_ce, mask, *, k_percent=0.6, mode="signed", head0
     selected_BxSxn = jnp.zeros_like(valid_BxSxn)
   else:
     threshold_n = per_head_quantile(excess_BxSxn, valid_BxSxn, 1.0 - k_percent)
-    selected_BxSxn = valid_BxSxn & (excess_BxSxn >= threshold_n)
+    selected_BxSxn = valid_BxSxn & (excess_BxSxn >= threshold_n[None, None, :])
   if head0_always:
     selected_BxSxn = selected_BxSxn.at[..., 0].set(valid_BxSxn[..., 0])
   return selected_BxSxn.astype(jnp.float32)
@@ -447,7 +448,7 @@ def rho1_continuous_weights(policy_ce, ref_ce, mask, *, percentile=40.0, alpha=1
   ref_BxSxn = arrays.future_window(_f32(ref_ce), n, 0.0, offset=0)
   score_BxSxn = jnp.abs(ref_BxSxn - _f32(policy_ce))
   threshold_n = per_head_quantile(score_BxSxn, valid_BxSxn, percentile / 100.0)
-  w_BxSxn = jnp.where(score_BxSxn > threshold_n, score_BxSxn, 0.0) + _f32(alpha)
+  w_BxSxn = jnp.where(score_BxSxn > threshold_n[None, None, :], score_BxSxn, 0.0) + _f32(alpha)
   w_BxSxn = jnp.where(valid_BxSxn, w_BxSxn, 0.0)
   if normalize:
     w_BxSxn = normalize_weights(w_BxSxn, valid_BxSxn)
