@@ -5,7 +5,7 @@
 with ``--config.a.b=value``; the config is locked, so a typo is an error. Fields: wmtp_jax/run_config.py.
 """
 
-from wmtp_jax import run_config
+from wmtp_jax.config import common as run_config
 
 
 def get_config(arg: str | None = None):

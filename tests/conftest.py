@@ -5,7 +5,7 @@ import pathlib
 import jax
 import pytest
 
-from wmtp_jax import run_config
+from wmtp_jax.config import common as run_config
 from wmtp_jax.data import synthetic
 
 # Implicit rank promotion (``[B, S] * [S]``) hides shape bugs: every test runs with it forbidden.

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import tiny_config
 from test_train import _setup
-from wmtp_jax import IGNORE_INDEX, main as main_lib, objectives, run_config
+from wmtp_jax import IGNORE_INDEX, main as main_lib, objectives
+from wmtp_jax.config import common as run_config
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.training import loop as train
 from wmtp_jax.training import mesh as mesh_lib

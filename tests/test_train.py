@@ -16,7 +16,8 @@ import pytest
 
 from conftest import tiny_config
 from wmtp_jax.training import lora, mesh as mesh_lib, loop as train
-from wmtp_jax import main as main_lib, objectives, run_config
+from wmtp_jax import main as main_lib, objectives
+from wmtp_jax.config import common as run_config
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.data import records, run_data
 from wmtp_jax.eval import interval

@@ -19,7 +19,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from wmtp_jax import run_config
+from wmtp_jax.config import common as run_config
 from wmtp_jax.training import loop as train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",

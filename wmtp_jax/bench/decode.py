@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.checkpoints import pretrained
-from wmtp_jax import run_config
+from wmtp_jax.config import common as run_config
 from wmtp_jax.training import loop as train
 from wmtp_jax.data import run_data
 

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmtp_jax.training import lora, mesh as mesh_lib, optim, loop as train
-from wmtp_jax import objectives, run_config
+from wmtp_jax import objectives
+from wmtp_jax.config import common as run_config
 
 TARGET_TOLERANCE = 0.10
 

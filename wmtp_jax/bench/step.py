@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from wmtp_jax import IGNORE_INDEX, losses, objectives, run_config, weighting
+from wmtp_jax import IGNORE_INDEX, losses, objectives, weighting
+from wmtp_jax.config import common as run_config
 from wmtp_jax.training import flops, mesh as mesh_lib, loop as train
 from wmtp_jax.models import presets
 from wmtp_jax.objectives import base

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax import IGNORE_INDEX, run_config
+from wmtp_jax import IGNORE_INDEX
+from wmtp_jax.config import common as run_config
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.data import records
 from wmtp_jax.eval import benchmarks, passk

@@ -1,0 +1,1 @@
+"""Run configs: the sections every ``configs/<pipeline>.py`` shares (``common``)."""
