@@ -255,9 +255,9 @@ def tiny_model():
 
 
 def test_evaluate_problems_on_the_synthetic_task(synthetic_dir, tiny_model):
-  from wmtp_jax.data import records, tokenizer
+  from wmtp_jax.data import jsonl, tokenizer
   tok = tokenizer.load_tokenizer(synthetic_dir / "tokenizer")
-  problems = records.read_problems(synthetic_dir / "test.problems.jsonl")[:6]
+  problems = jsonl.read_problems(synthetic_dir / "test.problems.jsonl")[:6]
   model, params = tiny_model
   kwargs = dict(max_new_tokens=16, batch_size=8, ks=(1, 2, 5))
   sampled = ev.evaluate_problems(model, params, tok, problems, n_samples=2, temperature=0.8,
@@ -303,9 +303,9 @@ def test_evaluate_pipeline_writes_results(tmp_path, synthetic_dir, tiny_model, c
   assert list((workdir / "tb").iterdir())
   assert "pass@1" in capsys.readouterr().out
   # Greedy speculative decoding gave the plain greedy completions.
-  from wmtp_jax.data import records, tokenizer
+  from wmtp_jax.data import jsonl, tokenizer
   plain = ev.evaluate_problems(model, params, tokenizer.load_tokenizer(synthetic_dir / "tokenizer"),
-                               records.read_problems(synthetic_dir / "test.problems.jsonl")[:5],
+                               jsonl.read_problems(synthetic_dir / "test.problems.jsonl")[:5],
                                max_new_tokens=16, batch_size=8)
   assert ([s["completion"] for s in plain["samples"]] ==
           [s["completion"] for s in _read_jsonl(workdir / "samples.jsonl")])

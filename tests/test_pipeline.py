@@ -12,7 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wmtp_jax import IGNORE_INDEX
 from wmtp_jax.checkpoints import checkpointer as checkpointing
-from wmtp_jax.data import pipeline, records, samplers, template
+from wmtp_jax.data import jsonl, pipeline, records, samplers, template
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
 
 N_RECORDS = 160  # 40 problems × 4 solutions; record i is correct iff i is odd
@@ -28,7 +28,7 @@ def env(tmp_path_factory):
            "output": f"# record {i}\n" + "".join(
                f"x{j} = {j} * n\n" for j in range(int(rng.integers(1, 12))))}
           for i in range(N_RECORDS)]
-  records.write_jsonl(root / "train.jsonl", rows)
+  jsonl.write_jsonl(root / "train.jsonl", rows)
   tokenizer = train_bpe_tokenizer([template.format_prompt(r) + r["output"] for r in rows], 400,
                                   root / "tokenizer")
   length_fn = functools.partial(template.example_length, tokenizer=tokenizer)

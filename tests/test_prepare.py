@@ -21,7 +21,9 @@ import pytest
 from wmtp_jax import sandbox
 from wmtp_jax.data import template
 from wmtp_jax.data.prepare import main, prepare
-from wmtp_jax.data.records import DataError, RecordStore, read_jsonl, read_problems
+from wmtp_jax.data.jsonl import read_jsonl, read_problems
+from wmtp_jax.data.records import RecordStore
+from wmtp_jax.data.schema import DataError
 from wmtp_jax.data.tokenizer import (TokenizerError, check_vocab, load_tokenizer,
                                      train_bpe_tokenizer)
 

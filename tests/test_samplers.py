@@ -5,7 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from wmtp_jax.data import records, samplers
+from wmtp_jax.data import jsonl, records, samplers
 
 BINS = [(1, 8, 0.2), (9, 15, 0.5), (16, 25, 0.3)]
 
@@ -23,7 +23,7 @@ def meta(tmp_path_factory):
         row["difficulty"] = 1 + p % 25
       rows.append(row)
   path = tmp_path_factory.mktemp("samplers") / "train.jsonl"
-  records.write_jsonl(path, rows)
+  jsonl.write_jsonl(path, rows)
   return records.build_index(path, None)
 
 

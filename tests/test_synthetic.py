@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from wmtp_jax import sandbox
-from wmtp_jax.data import records, synthetic, template, tokenizer
+from wmtp_jax.data import jsonl, records, synthetic, template, tokenizer
 
 SMALL = {"n_train": 60, "n_valid": 10, "n_test": 20, "seed": 0}
 MAX_SEQ_LEN = 256  # of the tiny model trained on this data by configs/verifiable.py
@@ -130,7 +130,7 @@ def test_dataset_layout_and_index(dataset):
   assert params == {"generator_version": synthetic.GENERATOR_VERSION, "seed": 0,
                     "n_train": 60, "n_valid": 10, "n_test": 20, "vocab_size": 512}
   for split in synthetic.SPLITS:
-    problems = records.read_problems(dataset / f"{split}.problems.jsonl")
+    problems = jsonl.read_problems(dataset / f"{split}.problems.jsonl")
     assert len(problems) == SMALL[f"n_{split}"]
     store = records.RecordStore(dataset / f"{split}.jsonl")
     index = store.meta["problem_index_map"]
@@ -163,7 +163,7 @@ def test_records_relabelled_in_sandbox(dataset):
   the incorrect records of every valid problem get their labels."""
   store = records.RecordStore(dataset / "valid.jsonl")
   programs, expected = [], []
-  for problem in records.read_problems(dataset / "valid.problems.jsonl"):
+  for problem in jsonl.read_problems(dataset / "valid.problems.jsonl"):
     entry = store.meta["problem_index_map"][problem["problem_id"]]
     for i in entry["correct_indices"][:1] + entry["incorrect_indices"]:
       programs.append(store[i]["output"] + "\n" + problem["test_code"])

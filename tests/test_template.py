@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wmtp_jax import IGNORE_INDEX
-from wmtp_jax.data import records, template
+from wmtp_jax.data import jsonl, records, template
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
 
 WITH_INPUT = {"instruction": "Add the two numbers.", "input": "a = 3\nb = 4",
@@ -59,7 +59,7 @@ def test_example_length_matches_encode_and_indexes(tokenizer, tmp_path):
     assert template.example_length(record, tokenizer) == len(
         template.encode(record, tokenizer, 10**6))
   path = tmp_path / "train.jsonl"
-  records.write_jsonl(path, [WITH_INPUT, NO_INPUT])
+  jsonl.write_jsonl(path, [WITH_INPUT, NO_INPUT])
   meta = records.build_index(
       path, tokenizer, length_fn=functools.partial(template.example_length, tokenizer=tokenizer))
   assert meta["problem_index_map"]["p0"]["correct_token_lengths"] == [

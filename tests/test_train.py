@@ -19,7 +19,7 @@ from wmtp_jax.training import lora, mesh as mesh_lib, loop as train
 from wmtp_jax import main as main_lib, objectives
 from wmtp_jax.config import common as run_config
 from wmtp_jax.checkpoints import pretrained
-from wmtp_jax.data import records, run_data
+from wmtp_jax.data import jsonl, run_data
 from wmtp_jax.eval import interval
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -228,7 +228,7 @@ def test_interval_evaluation_logs_pass_at_1_of_the_current_params(small_dataset,
   assert last[interval.METRIC] == logged[4]
   cfg, params = pretrained.load_pretrained(run / pretrained.RUN_EXPORT_DIR)
   model = pretrained.KINDS[pretrained.kind_of(cfg)][1](cfg)
-  problems = records.read_problems(small_dataset / "test.problems.jsonl")[:4]
+  problems = jsonl.read_problems(small_dataset / "test.problems.jsonl")[:4]
   exported = evaluate(model, params, pretrained.load_tokenizer(run / pretrained.RUN_EXPORT_DIR), problems,
                       max_new_tokens=24, batch_size=4, seed=config.seed)
   assert exported["summary"]["pass@1"] == logged[4]

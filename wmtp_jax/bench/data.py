@@ -29,7 +29,7 @@ import numpy as np
 
 from wmtp_jax.models import presets
 from wmtp_jax import sandbox
-from wmtp_jax.data import pipeline, records, samplers, template
+from wmtp_jax.data import jsonl, pipeline, records, samplers, template
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
 from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
@@ -52,7 +52,7 @@ def _write_dataset(directory: Path, n_records: int, seed: int) -> Path:
            "output": _solution(rng, int(rng.integers(3, 40)))}
           for i in range(n_records)]
   path = directory / "train.jsonl"
-  records.write_jsonl(path, rows)
+  jsonl.write_jsonl(path, rows)
   return path
 
 
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     path = _write_dataset(Path(tmp), args.records, seed=0)
     tokenizer = train_bpe_tokenizer(
-        (template.format_prompt(r) + r["output"] for r in records.read_jsonl(path)),
+        (template.format_prompt(r) + r["output"] for r in jsonl.read_jsonl(path)),
         args.vocab_size, Path(tmp) / "tokenizer")
     meta = records.build_index(path, tokenizer, length_fn=functools.partial(
         template.example_length, tokenizer=tokenizer))

@@ -147,7 +147,7 @@ def main(argv: list[str]) -> dict:
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
-  from wmtp_jax.data import records  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.data import jsonl  # pylint: disable=import-outside-toplevel
   from wmtp_jax.eval import benchmarks, runner  # pylint: disable=import-outside-toplevel
 
   report: dict = {"device": jax.devices()[0].device_kind, "n_devices": jax.device_count()}
@@ -162,7 +162,7 @@ def main(argv: list[str]) -> dict:
     report.update(model="tiny MTP preset trained on the synthetic task", model_overrides=shape,
                   train_steps=args.train_steps, train_loss=loss,
                   train_s=time.perf_counter() - started)
-  problems = records.read_problems(directory / "test.problems.jsonl")[:args.n_prompts]
+  problems = jsonl.read_problems(directory / "test.problems.jsonl")[:args.n_prompts]
   prompts = [runner.encode_prompt(tok, benchmarks.make_prompt(p, "alpaca")) for p in problems]
   report.update(n_prompts=len(prompts), max_new_tokens=args.max_new_tokens,
                 n_heads=getattr(model.cfg, "n_future_tokens", 1),

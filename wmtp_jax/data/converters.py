@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from wmtp_jax.data.mutants import MutationTask
-from wmtp_jax.data.records import DataError, check_fields, read_jsonl, validate_record
+from wmtp_jax.data.jsonl import read_jsonl
+from wmtp_jax.data.schema import DataError, check_fields, validate_record
 
 log = logging.getLogger(__name__)
 

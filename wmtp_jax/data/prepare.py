@@ -31,7 +31,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from wmtp_jax.data import converters, mutants, template
-from wmtp_jax.data.records import DataError, build_index, jsonl_line, validate_problem
+from wmtp_jax.data.jsonl import jsonl_line
+from wmtp_jax.data.records import build_index
+from wmtp_jax.data.schema import DataError, validate_problem
 from wmtp_jax.data.tokenizer import TokenizerError, load_tokenizer
 
 log = logging.getLogger(__name__)

@@ -1,20 +1,6 @@
-"""Solution records and evaluation problems: schema, JSONL I/O, atomic writes, index, random access.
+"""The byte-offset index of a ``{split}.jsonl`` of solution records, and random access to it.
 
-Solution record (one JSON object per line of ``{split}.jsonl``, DESIGN §5)::
-
-  {"instruction": str, "input": str, "output": str (non-empty), "problem_id": str,
-   "is_correct": bool, "difficulty"?: int, "source"?: str}
-
-Extra keys are allowed and kept. Evaluation problem (one per line of ``{split}.problems.jsonl``)::
-
-  {"problem_id": str, "prompt": str, "source": str,
-   "entry_point"?: str, "test_code"?: str, "test_setup_code"?: str,
-   "tests"?: [{"input": str, "output": str}], "test_kinds"?: ["public"|"private"|"generated"],
-   "answer"?: str, "difficulty"?: int, "time_limit_s"?: float, "memory_limit_mb"?: int}
-
-``test_code`` holds assert-style tests (Python asserts or a ``check()`` call), run after the
-program; ``tests`` holds stdin/stdout pairs and ``test_kinds`` (same length) says where each came
-from. Index files written by :func:`build_index` next to ``DIR/{split}.jsonl``:
+Index files written by :func:`build_index` next to ``DIR/{split}.jsonl``:
 
   ``DIR/{split}.offsets.npy``  int64 ``[n_records]``: byte offset of the line of record ``i``
   ``DIR/{split}.meta.json``    ``{"n_records", "file_size", "tokenizer", "length_unit",
@@ -22,269 +8,25 @@ from. Index files written by :func:`build_index` next to ``DIR/{split}.jsonl``:
                                "correct_indices", "incorrect_indices",
                                "correct_token_lengths", "incorrect_token_lengths"}}}``
 
-Record ``i`` is the ``i``-th non-blank line (files written here have no blank lines, so record
-index = line index). Every reading error is a :class:`DataError` whose message starts with
-``"{path}:{lineno}: "``.
+Record ``i`` is the ``i``-th non-blank line (``wmtp_jax.data.jsonl``); :class:`RecordStore`
+reads it back by offset. The record schema is in ``wmtp_jax.data.schema``.
 """
 
 import array
 import contextlib
-import gzip
 import json
-import logging
 import os
 import threading
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-REQUIRED_FIELDS: Mapping[str, type] = {
-    "instruction": str,
-    "input": str,
-    "output": str,
-    "problem_id": str,
-    "is_correct": bool,
-}
-OPTIONAL_FIELDS: Mapping[str, type] = {"difficulty": int, "source": str}
-
-PROBLEM_REQUIRED_FIELDS: Mapping[str, type] = {"problem_id": str, "prompt": str, "source": str}
-PROBLEM_OPTIONAL_FIELDS: Mapping[str, type | tuple[type, ...]] = {
-    "entry_point": str,
-    "test_code": str,
-    "test_setup_code": str,
-    "tests": list,
-    "test_kinds": list,
-    "answer": str,
-    "difficulty": int,
-    "time_limit_s": (int, float),
-    "memory_limit_mb": int,
-}
-TEST_KINDS = ("public", "private", "generated")
+from wmtp_jax.data.jsonl import atomic_write, read_jsonl
+from wmtp_jax.data.schema import DataError, validate_record
 
 _INDEX_CHUNK = 1024  # records tokenized per batch by build_index
-
-
-class DataError(ValueError):
-  """A malformed data file or record; the message names the file and line where known."""
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_type(obj: Mapping[str, Any], key: str, expected: type | tuple[type, ...]) -> None:
-  value = obj[key]
-  types = expected if isinstance(expected, tuple) else (expected,)
-  # bool is an int subclass: only accept it where bool itself is expected.
-  ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
-  if not ok:
-    names = " or ".join(t.__name__ for t in types)
-    raise DataError(f"field {key!r} must be {names}, got {type(value).__name__} {value!r:.60}")
-
-
-def check_fields(obj: Any, required: Mapping[str, Any],
-                 optional: Mapping[str, Any] | None = None) -> None:
-  """Raises :class:`DataError` unless ``obj`` is a dict with the ``required`` keys and every
-  present key of ``required`` / ``optional`` has the given type (``bool`` is not an ``int``)."""
-  if not isinstance(obj, dict):
-    raise DataError(f"expected a JSON object, got {type(obj).__name__}")
-  missing = [k for k in required if k not in obj]
-  if missing:
-    raise DataError(f"missing field(s) {', '.join(map(repr, missing))}")
-  for key, expected in required.items():
-    _check_type(obj, key, expected)
-  for key, expected in (optional or {}).items():
-    if key in obj:
-      _check_type(obj, key, expected)
-
-
-def validate_record(record: Any) -> None:
-  """Raises :class:`DataError` unless ``record`` is a solution record (module docstring)."""
-  check_fields(record, REQUIRED_FIELDS, OPTIONAL_FIELDS)
-  if not record["output"].strip():
-    raise DataError("empty response: field 'output' is blank")
-
-
-def validate_problem(problem: Any) -> None:
-  """Raises :class:`DataError` unless ``problem`` is an evaluation problem (module docstring)."""
-  check_fields(problem, PROBLEM_REQUIRED_FIELDS, PROBLEM_OPTIONAL_FIELDS)
-  for i, test in enumerate(problem.get("tests", ())):
-    if not (isinstance(test, dict) and isinstance(test.get("input"), str)
-            and isinstance(test.get("output"), str)):
-      raise DataError(f"tests[{i}] must be {{'input': str, 'output': str}}")
-  kinds = problem.get("test_kinds")
-  if kinds is not None:
-    if len(kinds) != len(problem.get("tests", ())):
-      n_tests = len(problem.get("tests", ()))
-      raise DataError(f"test_kinds has {len(kinds)} entries for {n_tests} tests")
-    bad = sorted({k for k in kinds if k not in TEST_KINDS}, key=str)
-    if bad:
-      raise DataError(f"unknown test kind(s) {bad}; expected one of {TEST_KINDS}")
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def _scan(path: Path, validate: Callable[[Any], None] | None) -> Iterator[tuple[int, int, Any]]:
-  """Yields ``(lineno, byte_offset, parsed)`` for every non-blank line, or a located DataError.
-
-  The generator stays usable after a DataError for a bad line (the next call goes on with the
-  following line), which is how ``on_error="skip"`` works.
-  """
-  offset = 0
-  with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-    for lineno, raw in enumerate(f, start=1):
-      start, offset = offset, offset + len(raw)
-      if not raw.strip():
-        continue
-      try:
-        text = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield lineno, start, DataError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}")
-        continue
-      try:
-        obj = json.loads(text)
-      except json.JSONDecodeError as e:
-        yield lineno, start, DataError(
-            f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})")
-        continue
-      if validate is not None:
-        try:
-          validate(obj)
-        except (ValueError, TypeError) as e:
-          yield lineno, start, DataError(f"{path}:{lineno}: {e}")
-          continue
-      yield lineno, start, obj
-
-
-class JsonlReader:
-  """Iterator over the records of a JSONL file (see :func:`read_jsonl`).
-
-  Attributes, final once iteration ends: ``n_read`` (records yielded), ``n_skipped`` (bad lines
-  skipped with ``on_error="skip"``), ``errors`` (the messages of the first skipped lines).
-  """
-
-  MAX_ERRORS_KEPT = 20
-
-  def __init__(self, path: str | os.PathLike, *, on_error: str = "raise",
-               validate: Callable[[Any], None] | None = validate_record):
-    if on_error not in ("raise", "skip"):
-      raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    self.path = Path(path)
-    if not self.path.is_file():
-      raise FileNotFoundError(f"{self.path}: no such file")
-    self.on_error = on_error
-    self.n_read = 0
-    self.n_skipped = 0
-    self.errors: list[str] = []
-    self._items = self._iterate(validate)
-
-  def _iterate(self, validate) -> Iterator[tuple[int, int, Any]]:
-    for lineno, offset, obj in _scan(self.path, validate):
-      if isinstance(obj, DataError):
-        if self.on_error == "raise":
-          raise obj
-        self.n_skipped += 1
-        if len(self.errors) < self.MAX_ERRORS_KEPT:
-          self.errors.append(str(obj))
-        continue
-      self.n_read += 1
-      yield lineno, offset, obj
-    if self.n_skipped:
-      log.warning("%s: skipped %d bad line(s) of %d; first: %s", self.path, self.n_skipped,
-                  self.n_read + self.n_skipped, self.errors[0])
-
-  def located(self) -> Iterator[tuple[int, int, Any]]:
-    """Yields ``(lineno, byte_offset, record)`` instead of bare records."""
-    return self._items
-
-  def __iter__(self) -> "JsonlReader":
-    return self
-
-  def __next__(self) -> Any:
-    return next(self._items)[2]
-
-
-def read_jsonl(path: str | os.PathLike, *, on_error: str = "raise",
-               validate: Callable[[Any], None] | None = validate_record) -> JsonlReader:
-  """Streams the JSON objects of a JSONL file, validated by ``validate`` (None: no validation).
-
-  Blank lines are ignored; a ``.gz`` file is decompressed on the fly. A line that is not UTF-8,
-  not JSON or fails ``validate`` raises ``DataError("{path}:{lineno}: ...")``
-  (``on_error="raise"``) or is skipped and counted (``on_error="skip"``; the count is
-  ``reader.n_skipped`` and a warning is logged at the end).
-  """
-  return JsonlReader(path, on_error=on_error, validate=validate)
-
-
-def read_problems(path: str | os.PathLike) -> list[dict]:
-  """Reads and validates a ``{split}.problems.jsonl`` file (all problems, in file order)."""
-  return list(read_jsonl(path, validate=validate_problem))
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def jsonl_line(obj: Any) -> str:
-  """The JSONL line (compact, non-ASCII kept, ``\n``-terminated) written for ``obj``."""
-  return json.dumps(obj, ensure_ascii=False) + "\n"
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w"):
-  """Opens a temporary file next to ``path``; on success fsyncs it and renames it to ``path``.
-
-  Text modes use UTF-8 and ``\\n`` line ends. If the block raises, the temporary file is removed
-  and an existing ``path`` is left untouched.
-  """
-  if mode not in ("w", "wb"):
-    raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, like open()
-  f = os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}))
-  try:
-    yield f
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
-    os.replace(tmp, path)
-  except BaseException:
-    f.close()
-    tmp.unlink(missing_ok=True)
-    raise
-  _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-  fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
-def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]], *,
-                validate: Callable[[Any], None] | None = validate_record) -> int:
-  """Atomically writes one compact UTF-8 JSON object per line; returns the number written.
-
-  Each object is validated first (``validate=None`` skips it); an invalid one raises
-  ``DataError("{path}: record {i}: ...")`` and leaves ``path`` untouched.
-  """
-  n = 0
-  with atomic_write(path) as f:
-    for n, record in enumerate(records, start=1):
-      if validate is not None:
-        try:
-          validate(record)
-        except (ValueError, TypeError) as e:
-          raise DataError(f"{path}: record {n - 1}: {e}") from e
-      f.write(jsonl_line(record))
-  return n
 
 
 # ----------------------------------------------------------------------------- index

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from wmtp_jax import sandbox
-from wmtp_jax.data import converters, records, template
+from wmtp_jax.data import converters, jsonl, template
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,12 @@ def load_problems(benchmark: str, data: str | os.PathLike | None = None, *,
   if path is None and benchmark == "synthetic":
     path = _default_synthetic_dir()
   if path is not None and path.is_file() and path.name.endswith(".problems.jsonl"):
-    return list(records.read_problems(path))
+    return list(jsonl.read_problems(path))
   if path is not None and path.is_dir():
     files = sorted(path.glob("*.problems.jsonl")) if split == "all" else (
         [path / f"{split}.problems.jsonl"] if (path / f"{split}.problems.jsonl").is_file() else [])
     if files:
-      return [p for f in files for p in records.read_problems(f)]
+      return [p for f in files for p in jsonl.read_problems(f)]
   errors = converters.ErrorPolicy("raise")
   if benchmark == "synthetic":
     raise FileNotFoundError(f"synthetic: no {split}.problems.jsonl in {path} (generate the dataset "

@@ -22,7 +22,7 @@ import numpy as np
 from wmtp_jax import IGNORE_INDEX
 from wmtp_jax.config import common as run_config
 from wmtp_jax.decoding import generator as gen
-from wmtp_jax.data import records
+from wmtp_jax.data import jsonl
 from wmtp_jax.eval import benchmarks, passk
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def split_problems(directory: pathlib.Path, split: str, limit: int) -> list[dict
   path = directory / f"{split}.problems.jsonl"
   if not path.is_file():
     raise FileNotFoundError(f"config.evaluate.split={split!r}: {path} does not exist")
-  return records.read_problems(path)[:limit]
+  return jsonl.read_problems(path)[:limit]
 
 
 def evaluate_problems(model, params, tokenizer, problems: list[dict], *,
@@ -258,12 +258,12 @@ def _tokenizer(config, source, dataset_dir):
 
 
 def _validation_batches(config, tokenizer, dataset_dir):
-  from wmtp_jax.data import records, template  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.data import jsonl, template  # pylint: disable=import-outside-toplevel
   path = dataset_dir / f"{config.heads_eval.split}.jsonl" if dataset_dir else None
   if path is None or not path.is_file():
     return None
   examples = []
-  for record in records.read_jsonl(path):
+  for record in jsonl.read_jsonl(path):
     if record.get("is_correct", True):
       example = template.encode(record, tokenizer, config.heads_eval.max_len)
       if example is not None:
@@ -288,7 +288,7 @@ def _table(title: str, rows: Mapping[str, Any]) -> str:
 def run(config, workdir) -> dict:
   """The ``evaluate`` pipeline (``configs/evaluate.py``): returns the summary (also written)."""
   from wmtp_jax.training import mesh as mesh_lib, metrics_log  # pylint: disable=import-outside-toplevel
-  from wmtp_jax.data import records  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.data import jsonl  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
   run_config.check_required(config)
   bench = benchmarks.get(config.benchmark)
@@ -322,9 +322,9 @@ def run(config, workdir) -> dict:
         summary[f"head_accuracy/{k}"] = float(acc)
         summary[f"head_perplexity/{k}"] = float(ppl)
   if jax.process_index() == 0:
-    records.write_jsonl(workdir / "samples.jsonl", result["samples"], validate=None)
-    records.write_jsonl(workdir / "results.jsonl", result["per_problem"], validate=None)
-    with records.atomic_write(workdir / "summary.json") as f:
+    jsonl.write_jsonl(workdir / "samples.jsonl", result["samples"], validate=None)
+    jsonl.write_jsonl(workdir / "results.jsonl", result["per_problem"], validate=None)
+    with jsonl.atomic_write(workdir / "summary.json") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
       f.write("\n")
     logger = metrics_log.MetricsLogger(workdir, phase=f"evaluate/{config.benchmark}",

@@ -23,18 +23,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wmtp_jax.data import records
+from wmtp_jax.data import jsonl, schema
 from wmtp_jax.eval import benchmarks, passk
 
 
 def _read_samples(path: Path) -> list[dict]:
   samples = []
-  for lineno, _, obj in records.read_jsonl(path, validate=None).located():
+  for lineno, _, obj in jsonl.read_jsonl(path, validate=None).located():
     if not (isinstance(obj, dict) and "task_id" in obj and isinstance(obj.get("completion"), str)):
-      raise records.DataError(f"{path}:{lineno}: expected {{\"task_id\", \"completion\": str}}")
+      raise schema.DataError(f"{path}:{lineno}: expected {{\"task_id\", \"completion\": str}}")
     samples.append(obj)
   if not samples:
-    raise records.DataError(f"{path}: no samples")
+    raise schema.DataError(f"{path}: no samples")
   return samples
 
 
@@ -60,9 +60,9 @@ def score_file(benchmark: str, samples_path: Path, out_dir: Path, *, data: str |
                            with_accuracy=any(benchmarks.kind_of(p) == "answer" for p in scored))
   summary = {"benchmark": benchmark, "samples": str(samples_path), **result["summary"]}
   out_dir.mkdir(parents=True, exist_ok=True)
-  records.write_jsonl(out_dir / "samples.jsonl", rows, validate=None)
-  records.write_jsonl(out_dir / "results.jsonl", result["per_problem"], validate=None)
-  with records.atomic_write(out_dir / "summary.json") as f:
+  jsonl.write_jsonl(out_dir / "samples.jsonl", rows, validate=None)
+  jsonl.write_jsonl(out_dir / "results.jsonl", result["per_problem"], validate=None)
+  with jsonl.atomic_write(out_dir / "summary.json") as f:
     json.dump(summary, f, indent=2, sort_keys=True)
     f.write("\n")
   return summary

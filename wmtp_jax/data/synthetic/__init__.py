@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from wmtp_jax import sandbox
-from wmtp_jax.data import records, template, tokenizer
+from wmtp_jax.data import jsonl, records, schema, template, tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -706,9 +706,9 @@ def write_dataset(out_dir: str | os.PathLike, *, n_train: int = DEFAULT_SIZES["n
   solution_records = {split: [r for p in problems[split] for r in _solution_records(p, next(labels))]
                       for split in SPLITS}
   for split in SPLITS:
-    records.write_jsonl(out / f"{split}.jsonl", solution_records[split])
-    records.write_jsonl(out / f"{split}.problems.jsonl", map(_problem_record, problems[split]),
-                        validate=records.validate_problem)
+    jsonl.write_jsonl(out / f"{split}.jsonl", solution_records[split])
+    jsonl.write_jsonl(out / f"{split}.problems.jsonl", map(_problem_record, problems[split]),
+                      validate=schema.validate_problem)
   tok = tokenizer.train_bpe_tokenizer(
       [template.format_prompt(r) + r["output"] for r in solution_records["train"]], vocab_size,
       out / TOKENIZER_DIR)
@@ -718,7 +718,7 @@ def write_dataset(out_dir: str | os.PathLike, *, n_train: int = DEFAULT_SIZES["n
     records.build_index(out / f"{split}.jsonl", tok, length_fn=length_fn)
   params = _params(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
                    vocab_size=vocab_size)
-  with records.atomic_write(out / PARAMS_FILE) as f:
+  with jsonl.atomic_write(out / PARAMS_FILE) as f:
     json.dump(params, f, indent=2, sort_keys=True)
     f.write("\n")
   log.info("synthetic dataset %s: %s records in %.1f s", out,
