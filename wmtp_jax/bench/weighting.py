@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmtp_jax import weighting
+from wmtp_jax.weighting import returns
 
 TARGET_SPEEDUP = 100.0
 TARGET_COPY_FRACTION = 0.2
@@ -144,8 +145,8 @@ def _alternatives(device_x, repeats: int) -> dict:
   init = jnp.zeros(values.shape[:1], jnp.float32)
   recurrence = {
       name: _time_jitted(lambda f=jax.jit(fn): f(decay, values, init), repeats)
-      for name, fn in (("lax_scan_s", weighting._reverse_recurrence_scan),
-                       ("lax_associative_scan_s", weighting._reverse_recurrence_assoc))}
+      for name, fn in (("lax_scan_s", returns._reverse_recurrence_scan),
+                       ("lax_associative_scan_s", returns._reverse_recurrence_assoc))}
   n = device_x["policy_ce"].shape[-1]
   excess = device_x["policy_ce"]
   valid = weighting.future_valid(mask, n)
