@@ -1,8 +1,8 @@
-"""Tests for wmtp_jax.data.synthetic: the synthetic verifiable code task.
+"""Tests of wmtp_jax.data.synthetic.dataset: the synthetic task's dataset directory.
 
-Determinism, disjoint splits, labels that come from running the tests in the sandbox, the
-dataset files (records, problems, tokenizer, index), token lengths, the dataset cache and the CLI.
-Datasets are small (tens of problems) to keep the module fast.
+The dataset files (records, problems, tokenizer, index), labels re-checked in the sandbox, token
+lengths, determinism, the dataset cache and the CLI. Datasets are small (tens of problems) to keep
+the module fast.
 """
 
 import json
@@ -13,6 +13,7 @@ import pytest
 
 from wmtp_jax import sandbox
 from wmtp_jax.data import jsonl, records, synthetic, template, tokenizer
+from wmtp_jax.data.synthetic import dataset as dataset_lib
 
 SMALL = {"n_train": 60, "n_valid": 10, "n_test": 20, "seed": 0}
 MAX_SEQ_LEN = 256  # of the tiny model trained on this data by configs/verifiable.py
@@ -24,105 +25,9 @@ def _files(root: Path) -> dict[str, bytes]:
           if p.is_file()}
 
 
-def _kinds(key: str) -> list[str]:
-  """The primitive kinds of a specification key, e.g. ``int:mul=3,add=2`` → [mul, add]."""
-  return [part.split("=")[0] for part in key.split(":", 1)[1].split(",")]
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
   return synthetic.write_dataset(tmp_path_factory.mktemp("synthetic") / "data", **SMALL)
-
-
-# ----------------------------------------------------------------------------- problems
-
-
-def test_generate_problems_is_deterministic():
-  a = synthetic.generate_problems(40, seed=3, split="train")
-  assert a == synthetic.generate_problems(40, seed=3, split="train")
-  b = synthetic.generate_problems(40, seed=4, split="train")
-  assert [p.key for p in a] != [p.key for p in b]
-
-
-def test_splits_are_disjoint_for_any_seed():
-  sizes = {"train": 400, "valid": 50, "test": 100}
-  keys = {split: set() for split in synthetic.SPLITS}
-  instructions = {split: set() for split in synthetic.SPLITS}
-  for seed in (0, 1):
-    for split, n in sizes.items():
-      problems = synthetic.generate_problems(n, seed=seed, split=split)
-      assert len({p.key for p in problems}) == n  # distinct within a split
-      for p in problems:
-        assert p.split == split == synthetic.split_of(p.key)
-        keys[split].add(p.key)
-        instructions[split].add(p.instruction)
-  for i, a in enumerate(synthetic.SPLITS):
-    for b in synthetic.SPLITS[i + 1:]:
-      assert not keys[a] & keys[b], (a, b)
-      assert not instructions[a] & instructions[b], (a, b)
-  # The instruction determines the specification (and so the solution).
-  assert sum(map(len, instructions.values())) == sum(map(len, keys.values()))
-  # Held-out problems combine primitives that training problems use.
-  train_kinds = {k for key in keys["train"] for k in _kinds(key)}
-  assert {k for key in keys["test"] for k in _kinds(key)} <= train_kinds
-
-
-def test_problem_fields():
-  problems = synthetic.generate_problems(300, seed=0, split="train")
-  assert len({p.problem_id for p in problems}) == len(problems)
-  assert {p.family for p in problems} == {"int", "pair", "cond", "list", "str"}
-  assert {p.difficulty for p in problems} == {1, 2, 3}
-  for p in problems:
-    assert p.instruction.startswith("Write a function `f(")
-    assert len(p.tests) == 5 and all(t.startswith("assert f(") for t in p.tests)
-    assert len({t.rsplit(" == ", 1)[1] for t in p.tests}) > 1  # not a constant function
-    assert p.test_code == "\n".join(p.tests) + "\n"
-    assert len(set(p.solutions)) == len(p.solutions) >= 2
-    assert 1 <= len(p.mutants) <= 3 and not set(p.mutants) & set(p.solutions)
-    assert p.candidates == p.solutions + p.mutants
-
-
-def test_invalid_arguments():
-  with pytest.raises(ValueError, match="split"):
-    synthetic.generate_problems(1, seed=0, split="dev")
-  with pytest.raises(ValueError, match="n must be"):
-    synthetic.generate_problems(-1, seed=0, split="train")
-  assert synthetic.generate_problems(0, seed=0, split="test") == []
-
-
-# ----------------------------------------------------------------------------- labels
-
-
-def test_solutions_pass_and_mutants_mostly_fail():
-  problems = synthetic.generate_problems(150, seed=5, split="valid")
-  labels = synthetic.label_candidates(problems)
-  killed = total = 0
-  for p, row in zip(problems, labels):
-    assert len(row) == len(p.candidates)
-    assert all(row[:len(p.solutions)]), p.key  # every surface variant is correct
-    killed += row.count(False)
-    total += len(p.mutants)
-  # Tests are chosen to detect mutations; the survivors are behaviour-equivalent (commuting steps).
-  assert killed / total > 0.85
-
-
-def test_labels_come_from_running():
-  problem = synthetic.Problem(
-      problem_id="synthetic/test/hand", split="test", key="int:mul=2", family="int",
-      instruction="Write a function `f(x)` that takes an integer x, multiplies it by 2, "
-      "and returns the result.", difficulty=1,
-      tests=("assert f(3) == 6", "assert f(-4) == -8"),
-      solutions=("def f(x):\n    return x * 2\n",),
-      mutants=(
-          "def f(x):\n    return x + x\n",  # a "mutant" that behaves the same: correct
-          "def f(x):\n    return x * 3\n",
-          "def f(x):\n    raise SystemExit(0)\n",  # exits cleanly before the tests finish
-          "import os\nos.abort()\n",  # kills its batch: every candidate is re-run alone
-      ))
-  assert synthetic.label_candidates([problem]) == [(True, True, False, False, False)]
-
-
-# ----------------------------------------------------------------------------- dataset files
 
 
 def test_dataset_layout_and_index(dataset):
@@ -202,7 +107,7 @@ def test_ensure_dataset_reuses_and_regenerates(tmp_path, monkeypatch):
     calls.append(kwargs["seed"])
     return write_dataset(*args, **kwargs)
 
-  monkeypatch.setattr(synthetic, "write_dataset", counting_write)
+  monkeypatch.setattr(dataset_lib, "write_dataset", counting_write)
   params = {"n_train": 30, "n_valid": 5, "n_test": 5}
   out = tmp_path / "cache"
   assert synthetic.ensure_dataset(out, seed=0, **params) == out
@@ -219,7 +124,7 @@ def test_ensure_dataset_reuses_and_regenerates(tmp_path, monkeypatch):
   synthetic.ensure_dataset(out, seed=1, **params)
   assert calls == [0, 1, 1] and (out / "valid.meta.json").is_file()
 
-  monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+  monkeypatch.setattr(dataset_lib, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
   synthetic.ensure_dataset(out, seed=1, **params)  # another generator: regenerated
   assert calls == [0, 1, 1, 1]
   synthetic.ensure_dataset(out, seed=1, **params)
