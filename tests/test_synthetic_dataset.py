@@ -7,6 +7,8 @@ the module fast.
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,16 @@ def test_files_are_deterministic_and_cli(dataset, tmp_path, capsys):
   assert _files(tmp_path / "cli") == _files(dataset)
   out = capsys.readouterr().out
   assert re.search(r"^train: 60 problems, \d+ correct \+ \d+ incorrect", out, re.M)
+
+
+def test_python_dash_m_entry_point(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "wmtp_jax.data.synthetic", "--out", str(tmp_path),
+                        "--n-train", "20", "--n-valid", "4", "--n-test", "4"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                       timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert re.search(r"^test: 4 problems, ", out.stdout, re.M)
+  assert (tmp_path / synthetic.PARAMS_FILE).is_file()
 
 
 def test_ensure_dataset_reuses_and_regenerates(tmp_path, monkeypatch):
