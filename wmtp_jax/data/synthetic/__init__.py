@@ -50,6 +50,10 @@ Files: ``write_dataset`` writes the dataset directory described in ``wmtp_jax.da
 ``synthetic.json`` (the generation parameters; written last, so it marks a complete dataset),
 which ``ensure_dataset`` compares to reuse a cached dataset. Output is byte-identical for the
 same parameters. CLI: ``python -m wmtp_jax.data.synthetic --out DIR [--seed 0] [--n-train N]``.
+
+Modules: ``grammar`` (primitives, families, specifications, sampling, mutations), ``render``
+(source code in each surface style, instruction text), ``problems`` (splits, tests,
+``generate_problems``), ``label`` (sandboxed labelling), ``dataset`` (files, cache, CLI).
 """
 
 from wmtp_jax.data.synthetic.dataset import (DEFAULT_SIZES, DEFAULT_VOCAB_SIZE, GENERATOR_VERSION,
