@@ -1,12 +1,19 @@
 """``baseline``: the MTP policy fine-tuned with uniform weights on correct solutions.
 
-``--config=configs/baseline.py`` (tiny default: synthetic task, CPU minutes) or ``configs/baseline.py:7b``
-(production settings; set ``--config.init.checkpoint`` and ``--config.data.dir``). Override any field
-with ``--config.a.b=value``; the config is locked, so a typo is an error. Fields: wmtp_jax/run_config.py.
+    python -m wmtp_jax.main --config=configs/baseline.py[:7b] [--config.a.b=v …] [--workdir=DIR]
+
+``tiny`` (default): synthetic task, CPU minutes. ``7b``: production settings; set
+``--config.init.checkpoint`` and ``--config.data.dir``. The config is locked: a typo is an error.
+All fields: configs/baseline.py and wmtp_jax/config/common.py.
 """
 
-from wmtp_jax.config import common as run_config
+import ml_collections
+
+from wmtp_jax.config import common
 
 
-def get_config(arg: str | None = None):
-  return run_config.baseline(arg)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  size, _ = common.parse_variant(arg, "baseline")
+  c = common.base("baseline", size, model=common.mtp_model(size),
+                  steps=400 if size == "tiny" else 2000, policy=True)
+  return c.lock()

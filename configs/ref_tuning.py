@@ -1,12 +1,20 @@
-"""``ref_tuning``: next-token SFT of the Rho-1 reference model.
+"""``ref_tuning``: next-token SFT of the Rho-1 reference model (a LLaMA).
 
-``--config=configs/ref_tuning.py`` (tiny default: synthetic task, CPU minutes) or ``configs/ref_tuning.py:7b``
-(production settings; set ``--config.init.checkpoint`` and ``--config.data.dir``). Override any field
-with ``--config.a.b=value``; the config is locked, so a typo is an error. Fields: wmtp_jax/run_config.py.
+    python -m wmtp_jax.main --config=configs/ref_tuning.py[:7b] [--config.a.b=v …] [--workdir=DIR]
+
+``tiny`` (default): synthetic task, CPU minutes. ``7b``: production settings (Sheared-LLaMA-2.7B);
+set ``--config.init.checkpoint`` and ``--config.data.dir``. The config is locked: a typo is an
+error. ``configs/rho1.py`` runs this config first unless given a reference checkpoint.
+All fields: configs/ref_tuning.py and wmtp_jax/config/common.py.
 """
 
-from wmtp_jax.config import common as run_config
+import ml_collections
+
+from wmtp_jax.config import common
 
 
-def get_config(arg: str | None = None):
-  return run_config.ref_tuning(arg)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  size, _ = common.parse_variant(arg, "ref_tuning")
+  c = common.base("ref_tuning", size, model=common.llama_model(size),
+                  steps=200 if size == "tiny" else 1000, policy=False)
+  return c.lock()

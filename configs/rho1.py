@@ -1,12 +1,27 @@
-"""``rho1``: WMTP with Rho-1 token selection against a reference model (tunes the reference first unless config.reference.checkpoint is set).
+"""``rho1``: WMTP with Rho-1 token selection against a frozen reference model.
 
-``--config=configs/rho1.py`` (tiny default: synthetic task, CPU minutes) or ``configs/rho1.py:7b``
-(production settings; set ``--config.init.checkpoint`` and ``--config.data.dir``). Override any field
-with ``--config.a.b=value``; the config is locked, so a typo is an error. Fields: wmtp_jax/run_config.py.
+    python -m wmtp_jax.main --config=configs/rho1.py[:7b] [--config.a.b=v …] [--workdir=DIR]
+
+``tiny`` (default): synthetic task, CPU minutes. ``7b``: production settings; set
+``--config.init.checkpoint`` and ``--config.data.dir``. The config is locked: a typo is an error.
+The reference is ``configs/ref_tuning.py`` at the same size, trained first into
+WORKDIR/reference unless ``--config.reference.checkpoint`` is set.
+All fields: configs/rho1.py and wmtp_jax/config/common.py.
 """
 
-from wmtp_jax.config import common as run_config
+import ml_collections
+
+from wmtp_jax.config import common
+
+CD = ml_collections.ConfigDict
 
 
-def get_config(arg: str | None = None):
-  return run_config.rho1(arg)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  size, _ = common.parse_variant(arg, "rho1")
+  c = common.base("rho1", size, model=common.mtp_model(size),
+                  steps=400 if size == "tiny" else 2000, policy=True)
+  reference = common.load("ref_tuning", size)
+  c.reference = CD(dict(model=reference.model.to_dict(), checkpoint="", run=reference))
+  c.rho1 = CD(dict(variant="topk", k_percent=0.6, mode="signed", head0_always=False,
+                   percentile=40.0, alpha=1.0, normalize=True))
+  return c.lock()

@@ -5,7 +5,7 @@ import pathlib
 import jax
 import pytest
 
-from wmtp_jax.config import common as run_config
+from wmtp_jax.config import common as config_lib
 from wmtp_jax.data import synthetic
 
 # Implicit rank promotion (``[B, S] * [S]``) hides shape bugs: every test runs with it forbidden.
@@ -25,7 +25,7 @@ def tiny_config(pipeline: str, dataset: pathlib.Path, **train):
   """The tiny config of ``pipeline`` (``"verifiable:shared_head"``: with options) shrunk further
   for tests, reading ``dataset``."""
   name, _, options = pipeline.partition(":")
-  config = getattr(run_config, name)(",".join(["tiny", options]) if options else "tiny")
+  config = config_lib.load(name, ",".join(["tiny", options]) if options else "tiny")
   configs = [config]
   for name in ("critic", "reference"):
     if name in config:

@@ -1,25 +1,35 @@
-"""Config files: variants build the right models, and a typo is an error."""
+"""Config files: variants build the right models, each file loads through ml_collections'
+config flags and ``wmtp_jax.main``, nested runs come from their own files, a typo is an error."""
 
-import importlib.util
 import pathlib
+import subprocess
+import sys
 
+from absl import flags
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
 import pytest
 
+from wmtp_jax.config import common as config_lib
 from wmtp_jax.models import presets
 from wmtp_jax.models.llama import LlamaConfig
 from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Every config file with each variant it accepts (None: the default, no ``:arg``).
+VARIANTS = {
+    "baseline": [None, "7b"], "critic": [None, "7b"], "ref_tuning": [None, "7b"],
+    "rho1": [None, "7b"], "evaluate": [None, "7b"],
+    "verifiable": [None, "7b", "tiny,softmax_heads", "7b,shared_head",
+                   "shared_head,softmax_heads,7b"],
+}
+CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]
 
 
 def load_config(name: str, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load(name, arg)
 
 
 def n_params(model, seq=8):
@@ -60,3 +70,80 @@ def test_config_typos_are_errors():
     load_config("baseline", "7B")
   with pytest.raises(ValueError, match="unknown MTP preset 'huge'"):
     presets.mtp("huge")
+
+
+def test_every_config_file_is_listed():
+  assert sorted(VARIANTS) == sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("name,arg", CASES)
+def test_config_flags_loads_each_file(name, arg):
+  """``--config=configs/<name>.py[:arg]`` (ml_collections' loader, as ``wmtp_jax.main`` uses it)
+  gives the locked config of ``config_lib.load``; the variant is recorded."""
+  path = str(ROOT / "configs" / f"{name}.py") + (f":{arg}" if arg else "")
+  argv = ["prog", f"--config={path}", "--config.seed=3"]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  values(argv)
+  config = values.config
+  assert config.is_locked and config.pipeline == name and config.seed == 3
+  expected = load_config(name, arg).to_dict()
+  assert config.to_dict() == {**expected, "seed": 3}
+  size = (arg or "tiny").split(",")
+  assert config.variant.split(",")[0] in size
+  with pytest.raises(AttributeError, match="sead"):
+    config.sead = 1
+
+
+def test_nested_runs_come_from_their_files():
+  for size in ("tiny", "7b"):
+    verifiable = load_config("verifiable", size)
+    critic = load_config("critic", size)
+    assert verifiable.critic.run.to_dict() == critic.to_dict()
+    assert verifiable.critic.model.to_dict() == critic.model.to_dict()
+    rho1 = load_config("rho1", size)
+    reference = load_config("ref_tuning", size)
+    assert rho1.reference.run.to_dict() == reference.to_dict()
+    assert rho1.reference.model.to_dict() == reference.model.to_dict()
+  assert "critic" not in load_config("verifiable", "7b,shared_head")
+
+
+def test_variants_and_options():
+  config = load_config("verifiable", "softmax_heads,7b,shared_head")
+  assert config.variant == "7b,shared_head,softmax_heads"
+  assert config.weighting.scheme == "softmax_heads" and config.model.value_head == "mlp"
+  assert load_config("verifiable", "").variant == "tiny"
+  assert load_config("critic", "7b").required == ("init.checkpoint", "data.dir")
+  assert load_config("evaluate", "7b").required == ("checkpoint",)
+  with pytest.raises(ValueError, match=r"configs/baseline\.py: unknown variant 'shared_head'"):
+    load_config("baseline", "shared_head")
+  with pytest.raises(ValueError, match=r"configs/verifiable\.py: unknown variant 'tiny,7b'"):
+    load_config("verifiable", "tiny,7b")
+
+
+def test_load_errors_name_the_path(tmp_path, monkeypatch):
+  with pytest.raises(FileNotFoundError, match=r"configs/basline\.py: no such config file"):
+    config_lib.load("basline")
+  missing = tmp_path / "configs"
+  monkeypatch.setattr(config_lib, "CONFIGS_DIR", missing)
+  with pytest.raises(FileNotFoundError, match=f"{missing}: no configs folder"):
+    config_lib.load("baseline")
+
+
+def _main(*flags_) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "wmtp_jax.main", *flags_], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_main_reads_config_files_with_options(tmp_path):
+  """Through ``python -m wmtp_jax.main``: a typo in a key fails naming it; a 7b variant with an
+  option loads and stops at the first required key (before anything is written)."""
+  typo = _main("--config=configs/baseline.py", "--config.train.stepz=1",
+               f"--workdir={tmp_path / 'typo'}")
+  assert typo.returncode != 0 and "stepz" in typo.stderr
+  workdir = tmp_path / "7b"
+  shared = _main("--config=configs/verifiable.py:7b,shared_head", f"--workdir={workdir}")
+  assert shared.returncode != 0
+  assert ("config.init.checkpoint is required for variant '7b,shared_head'" in shared.stderr)
+  assert not workdir.exists()

@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_config
 from test_train import _setup
 from wmtp_jax import IGNORE_INDEX, main as main_lib, objectives
-from wmtp_jax.config import common as run_config
+from wmtp_jax.config import common as config_lib
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.training import loop as train
 from wmtp_jax.training import mesh as mesh_lib
@@ -118,7 +118,7 @@ def test_main_pretrains_the_head_then_trains_policy_and_head(small_dataset, tmp_
   config = tiny_config("verifiable:shared_head", small_dataset, steps=2, eval_every=0)
   config.shared_head.pretrain_epochs = 0.02  # samples "all": every training record
   records = sum(1 for _ in open(small_dataset / "train.jsonl"))
-  stage1 = run_config.shared_head_pretraining(config)
+  stage1 = config_lib.shared_head_pretraining(config)
   mesh, rules = mesh_lib.make_mesh(config.mesh.shape), mesh_lib.param_rules(config.mesh)
   initial = flax.traverse_util.flatten_dict(jax.device_get(
       train.initial_params(stage1, objectives.build(stage1), mesh, rules)))
@@ -160,9 +160,9 @@ def test_shared_head_config_errors(small_dataset):
   with pytest.raises(ValueError, match=r"set config\.model\.value_head"):
     objectives.build(config)
   with pytest.raises(ValueError, match="unknown variant 'tiny,shared_heads'"):
-    run_config.verifiable("tiny,shared_heads")
-  assert run_config.verifiable("softmax_heads").weighting.scheme == "softmax_heads"
-  assert "critic" not in run_config.verifiable("7b,shared_head")
+    config_lib.load("verifiable", "tiny,shared_heads")
+  assert config_lib.load("verifiable", "softmax_heads").weighting.scheme == "softmax_heads"
+  assert "critic" not in config_lib.load("verifiable", "7b,shared_head")
   with pytest.raises(ValueError, match="return_values=True needs a model with a value head"):
     model = objectives.build(tiny_config("baseline", small_dataset)).model
     tokens = jnp.zeros((1, 4), jnp.int32)

@@ -17,7 +17,7 @@ import pytest
 from conftest import tiny_config
 from wmtp_jax.training import lora, mesh as mesh_lib, loop as train
 from wmtp_jax import main as main_lib, objectives
-from wmtp_jax.config import common as run_config
+from wmtp_jax.config import common as config_lib
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.data import jsonl, run_data
 from wmtp_jax.eval import interval
@@ -333,7 +333,7 @@ def test_main_trains_critic_first_and_required_keys(small_dataset, tmp_path):
   assert set(report) == {"critic", "verifiable"}
   assert pretrained.read_config(tmp_path / "critic" / pretrained.RUN_EXPORT_DIR).value_head == "mlp"
   with pytest.raises(ValueError, match=r"config\.init\.checkpoint is required"):
-    main_lib.run(run_config.verifiable("7b"), tmp_path / "7b")
+    main_lib.run(config_lib.load("verifiable", "7b"), tmp_path / "7b")
 
 
 def test_lora_run_exports_merged_model_that_transformers_loads(small_dataset, tmp_path):

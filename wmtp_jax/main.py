@@ -19,7 +19,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from wmtp_jax.config import common as run_config
+from wmtp_jax.config import common as config_lib
 from wmtp_jax.training import loop as train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
@@ -51,7 +51,7 @@ def train_prerequisites(config, workdir: pathlib.Path) -> dict:
     if not shared.checkpoint:
       log.info("no config.shared_head.checkpoint: pre-training the value head first in %s",
                workdir / "shared_head")
-      report["shared_head"] = train.run(run_config.shared_head_pretraining(config),
+      report["shared_head"] = train.run(config_lib.shared_head_pretraining(config),
                                         workdir / "shared_head", phase="shared_head")
       shared.checkpoint = str(workdir / "shared_head")
     config.init.checkpoint = shared.checkpoint
@@ -63,7 +63,7 @@ def run(config, workdir: pathlib.Path) -> dict:
   if config.pipeline == "evaluate":
     from wmtp_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
     return eval_lib.run(config, workdir)
-  run_config.check_required(config)
+  config_lib.check_required(config)
   report = train_prerequisites(config, workdir)
   report[config.pipeline] = train.run(config, workdir / config.pipeline)
   if config.evaluate.enabled:

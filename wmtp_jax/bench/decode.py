@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.checkpoints import pretrained
-from wmtp_jax.config import common as run_config
+from wmtp_jax.config import common as config_lib
 from wmtp_jax.training import loop as train
 from wmtp_jax.data import run_data
 
@@ -60,7 +60,7 @@ def train_tiny(steps: int, **shape: int):
   """``(model, params, tokenizer, dataset_dir, final loss)``: the ``baseline`` pipeline's tiny
   config (the MTP preset with ``shape`` overrides such as ``n_layers``, ``dim``) trained for
   ``steps`` by the project's train loop on the synthetic task, in a temporary workdir."""
-  config = run_config.baseline("tiny")
+  config = config_lib.load("baseline", "tiny")
   config.model.update(shape)
   config.train.update(steps=steps, eval_every=0)
   config.checkpoint.every_steps = steps

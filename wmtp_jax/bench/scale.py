@@ -34,7 +34,7 @@ import numpy as np
 
 from wmtp_jax.training import lora, mesh as mesh_lib, optim, loop as train
 from wmtp_jax import objectives
-from wmtp_jax.config import common as run_config
+from wmtp_jax.config import common as config_lib
 
 TARGET_TOLERANCE = 0.10
 
@@ -43,7 +43,7 @@ def _measure(n_devices: int, batch_size: int, seq_len: int, steps: int, remat: s
   """Memory and step time of one device count (run in a fresh process)."""
   jax.config.update("jax_num_cpu_devices", n_devices)  # before the first use of a device
 
-  config = run_config.baseline("tiny")
+  config = config_lib.load("baseline", "tiny")
   config.mesh.shape.data, config.mesh.shape.fsdp = 1, -1
   config.mesh.preset = "full_shard"
   config.data.batch_size, config.data.max_len = batch_size, seq_len
@@ -74,7 +74,7 @@ def _measure(n_devices: int, batch_size: int, seq_len: int, steps: int, remat: s
 def _frozen_critic_mib(mesh, rules) -> dict[str, float]:
   """MiB per device (the first device's shards) of the ``verifiable:7b`` frozen critic's params,
   by storage dtype: the module's ``param_dtype`` and ``config.train.frozen_param_dtype``."""
-  config = run_config.verifiable("7b")
+  config = config_lib.load("verifiable", "7b")
   critic = objectives.build(config).frozen_models["critic"]
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxes = train.abstract_variables(critic)
@@ -91,7 +91,7 @@ def _aot_memory(n_devices: int, shape: str, preset: str, batch_size: int, remat:
   """Compiled memory per device of the ``baseline:7b`` train step, from abstract inputs."""
   jax.config.update("jax_num_cpu_devices", n_devices)  # before the first use of a device
 
-  config = run_config.baseline("7b")
+  config = config_lib.load("baseline", "7b")
   for axis, size in (kv.split("=") for kv in shape.split(",")):
     config.mesh.shape[axis] = int(size)
   config.mesh.preset = preset
@@ -137,7 +137,7 @@ def _aot_memory(n_devices: int, shape: str, preset: str, batch_size: int, remat:
 def _compile_time(n_layers: int, scan_layers: bool, batch_size: int, seq_len: int,
                   remat: str) -> dict:
   """Seconds to lower and compile the tiny train step with ``n_layers`` blocks, and its memory."""
-  config = run_config.baseline("tiny")
+  config = config_lib.load("baseline", "tiny")
   config.data.batch_size, config.data.max_len = batch_size, seq_len
   config.model.n_layers, config.model.remat = n_layers, remat
   config.model.scan_layers = scan_layers

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from wmtp_jax import IGNORE_INDEX, losses, objectives, weighting
-from wmtp_jax.config import common as run_config
+from wmtp_jax.config import common as config_lib
 from wmtp_jax.training import flops, mesh as mesh_lib, loop as train
 from wmtp_jax.models import presets
 from wmtp_jax.objectives import base
@@ -31,7 +31,7 @@ SMALL_CRITIC = dict(vocab_size=32000, hidden_size=256, intermediate_size=704, nu
 
 
 def _config(model: str, memory_efficient: bool):
-  config = run_config.verifiable("tiny")
+  config = config_lib.load("verifiable", "tiny")
   config.loss.memory_efficient = memory_efficient
   if model == "small":
     config.model.update(presets.mtp("tiny", **SMALL_POLICY))

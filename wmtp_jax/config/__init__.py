@@ -1,1 +1,3 @@
-"""Run configs: the sections every ``configs/<pipeline>.py`` shares (``common``)."""
+"""Run configs. ``configs/<pipeline>.py`` (the files ``--config`` names) write out each run's
+settings on top of the sections they share (``common``); ``common.load(name, variant)`` returns a
+config file's ``get_config(variant)``."""

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmtp_jax import IGNORE_INDEX
-from wmtp_jax.config import common as run_config
+from wmtp_jax.config import common as config_lib
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.data import jsonl
 from wmtp_jax.eval import benchmarks, passk
@@ -290,7 +290,7 @@ def run(config, workdir) -> dict:
   from wmtp_jax.training import mesh as mesh_lib, metrics_log  # pylint: disable=import-outside-toplevel
   from wmtp_jax.data import jsonl  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
-  run_config.check_required(config)
+  config_lib.check_required(config)
   bench = benchmarks.get(config.benchmark)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
