@@ -1,7 +1,8 @@
 """``evaluate``: pass@k (GSM8K accuracy) of a checkpoint on one benchmark.
 
-    python -m wmtp_jax.main --config=configs/evaluate.py --config.checkpoint=WORKDIR_OR_CONVERTED \\
-        --config.benchmark=humaneval [--config.n_samples=20 --config.temperature=0.8] [--workdir=DIR]
+    python -m wmtp_jax.main --config=configs/evaluate.py[:7b] \\
+        --config.checkpoint=WORKDIR_OR_CONVERTED --config.benchmark=humaneval \\
+        [--config.n_samples=20 --config.temperature=0.8] [--workdir=DIR]
 
 ``checkpoint``: a converted checkpoint directory (``python -m wmtp_jax.convert``) or a finished
 training run's workdir; its ``model_config.json`` says which model it is (else ``model`` /
@@ -12,27 +13,25 @@ training run's workdir; its ``model_config.json`` says which model it is (else `
 ``gsm8k`` (``data``: ``test.jsonl`` or its directory). ``draft_heads > 0`` decodes
 self-speculatively with MTP heads ``1 … draft_heads`` (same greedy output, faster).
 Writes ``samples.jsonl``, ``results.jsonl``, ``summary.json`` and ``tb/`` into the workdir.
+The config is locked: a typo is an error. All fields: configs/evaluate.py and (``mesh``)
+wmtp_jax/config/common.py.
 """
 
 import ml_collections
 
-from wmtp_jax.training import mesh
+from wmtp_jax.config import common
 from wmtp_jax.models import presets
-
-VARIANTS = ("tiny", "7b")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "tiny"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/evaluate.py: unknown variant {variant!r}; known: {VARIANTS}")
-  tiny = variant == "tiny"
+  size, _ = common.parse_variant(arg, "evaluate")
+  tiny = size == "tiny"
   c = ml_collections.ConfigDict()
-  c.pipeline, c.variant, c.seed = "evaluate", variant, 0
+  c.pipeline, c.variant, c.seed = "evaluate", size, 0
   c.checkpoint = ""
   # Used when the checkpoint has no model_config.json (or there is no checkpoint: random init).
   c.model_kind = "mtp"
-  c.model = presets.mtp(variant, dtype="float32" if tiny else "bfloat16")
+  c.model = presets.mtp(size, dtype="float32" if tiny else "bfloat16")
   c.dtype = ""  # compute dtype override ("" = the checkpoint's / model's)
   c.tokenizer = ""
   c.benchmark = "synthetic"
@@ -53,9 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Per-head next-token accuracy / perplexity on the dataset's validation split (when present).
   c.heads_eval = ml_collections.ConfigDict(dict(enabled=True, split="valid", batches=4,
                                                 batch_size=16, max_len=256 if tiny else 2048))
-  c.mesh = ml_collections.ConfigDict(dict(
-      shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
-      rules=tuple((k, v) for k, v in mesh.DEFAULT_RULES)))
+  c.mesh = common.mesh()  # the schema of the training runs: shape, preset, rules
   c.required = () if tiny else ("checkpoint",)
   c.lock()
   return c

@@ -16,6 +16,7 @@ from wmtp_jax.config import common as config_lib
 from wmtp_jax.models import presets
 from wmtp_jax.models.llama import LlamaConfig
 from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
+from wmtp_jax.training import mesh as mesh_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Every config file with each variant it accepts (None: the default, no ``:arg``).
@@ -147,3 +148,10 @@ def test_main_reads_config_files_with_options(tmp_path):
   assert shared.returncode != 0
   assert ("config.init.checkpoint is required for variant '7b,shared_head'" in shared.stderr)
   assert not workdir.exists()
+
+
+def test_evaluate_uses_the_mesh_schema_of_the_training_runs():
+  for size in ("tiny", "7b"):
+    evaluate = load_config("evaluate", size)
+    assert evaluate.mesh.to_dict() == load_config("baseline", size).mesh.to_dict()
+    assert mesh_lib.param_rules(evaluate.mesh) == mesh_lib.DEFAULT_RULES
