@@ -296,5 +296,5 @@ def test_mtp_bad_inputs():
          mtp_cross_entropy_from_hidden, hidden, np.zeros((7, VOCAB)), labels, mask)
   raises(["hidden shape (3, 5, 4, 6)", "labels shape (2, 5)"], mtp_cross_entropy_from_hidden,
          np.zeros((3, 5, N_HEADS, DIM)), np.zeros((DIM, VOCAB)), labels, mask)
-  raises(["hidden_NxD shape (4, 6)", "targets_N shape (5,)"], blockwise_token_ce,
+  raises(["hidden_MxD shape (4, 6)", "targets_M shape (5,)"], blockwise_token_ce,
          np.zeros((4, DIM)), np.zeros((DIM, VOCAB)), np.zeros(5, np.int32))

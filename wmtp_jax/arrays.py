@@ -1,6 +1,7 @@
-"""Argument checks shared by the pure functions: errors name the argument and both shapes.
+"""Argument checks shared by the pure functions (errors name the argument and both shapes) and
+``future_window``, the per-term view ``[B, S, n]`` of a per-token array ``[B, S]``.
 
-These run at trace time on static shapes, so they cost nothing inside ``jax.jit``.
+The checks run at trace time on static shapes, so they cost nothing inside ``jax.jit``.
 """
 
 from collections.abc import Sequence
@@ -31,7 +32,6 @@ def check_dim(name_a: str, a, axis_a: int, name_b: str, b, axis_b: int) -> None:
         f"{tuple(b.shape)} (axis {axis_b})")
 
 
-
 def future_window(x_BxS, n: int, fill, *, offset: int = 1) -> jax.Array:
   """``out[b, t, k] = x[b, t+offset+k]`` where that index is ``< S``, else ``fill``; ``[B, S, n]``.
 
@@ -41,5 +41,5 @@ def future_window(x_BxS, n: int, fill, *, offset: int = 1) -> jax.Array:
   """
   seq_len = x_BxS.shape[1]
   padded = jnp.pad(x_BxS, ((0, 0), (0, offset + n)), constant_values=fill)
-  index_SxN = jnp.arange(seq_len)[:, None] + offset + jnp.arange(n)[None, :]
-  return padded[:, index_SxN]
+  index_Sxn = jnp.arange(seq_len)[:, None] + offset + jnp.arange(n)[None, :]
+  return padded[:, index_Sxn]

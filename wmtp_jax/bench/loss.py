@@ -77,14 +77,14 @@ def main(argv: list[str]) -> dict:
   hidden, unembedding, labels, attention_mask, weights = _inputs(
       args.B, args.S, args.n, args.V, args.D, jnp.dtype(args.dtype))
 
-  def plain(hidden_BxSxNxD, unembedding_DxV):
-    logits_BxSxNxV = jnp.einsum("bsnd,dv->bsnv", hidden_BxSxNxD, unembedding_DxV,
+  def plain(hidden_BxSxnxD, unembedding_DxV):
+    logits_BxSxnxV = jnp.einsum("bsnd,dv->bsnv", hidden_BxSxnxD, unembedding_DxV,
                                 preferred_element_type=jnp.float32)
-    return mtp_cross_entropy(logits_BxSxNxV, labels, attention_mask, weights)["loss"]
+    return mtp_cross_entropy(logits_BxSxnxV, labels, attention_mask, weights)["loss"]
 
-  def efficient(hidden_BxSxNxD, unembedding_DxV):
+  def efficient(hidden_BxSxnxD, unembedding_DxV):
     return mtp_cross_entropy_from_hidden(
-        hidden_BxSxNxD, unembedding_DxV, labels, attention_mask, weights,
+        hidden_BxSxnxD, unembedding_DxV, labels, attention_mask, weights,
         vocab_block=args.vocab_block, token_block=args.token_block)["loss"]
 
   plain_fn, plain_result = _compile(plain, (hidden, unembedding))

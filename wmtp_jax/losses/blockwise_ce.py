@@ -1,17 +1,17 @@
 """Memory-efficient per-token cross-entropy straight from hidden states.
 
-Letters: N tokens (any flattened batch, e.g. B·S·n), D hidden size, V vocabulary, T token block,
-C vocabulary block, K number of token blocks.
+Shapes follow the package legend (the ``wmtp_jax`` docstring): ``M`` tokens (any flattening of
+B·S·n), ``T`` tokens of a block, ``G`` token blocks, ``C`` vocabulary columns of a block.
 
-``blockwise_token_ce(hidden_NxD, unembedding_DxV, targets_N)`` returns, in float32,
+``blockwise_token_ce(hidden_MxD, unembedding_DxV, targets_M)`` returns, in float32,
 
     ce[i] = logsumexp_v(hidden[i] @ unembedding[:, v]) - hidden[i] @ unembedding[:, targets[i]]
 
-without materialising the ``[N, V]`` logits. Tokens are tiled into blocks of T (MaxText vocabulary
+without materialising the ``[M, V]`` logits. Tokens are tiled into blocks of T (MaxText vocabulary
 tiling) and the vocabulary into blocks of C with an online logsumexp (Levanter blockwise CE), so
 only ``O(T·C)`` float32 logits are live at a time. A ``jax.custom_vjp`` keeps only the
-per-token logsumexp ``[N]`` as residual and recomputes each logits block in the backward pass, so
-the backward is blockwise too. The target logit is a gather of N columns of the unembedding (no
+per-token logsumexp ``[M]`` as residual and recomputes each logits block in the backward pass, so
+the backward is blockwise too. The target logit is a gather of M columns of the unembedding (no
 one-hot). Ragged sizes work: tokens are zero-padded to a multiple of T (padding gets zero
 cotangent); the vocabulary runs ``V // C`` full blocks plus one remainder block of ``V % C``
 columns (no padded copy of the ``[D, V]`` unembedding or its gradient).
@@ -30,7 +30,7 @@ from jax import lax
 from wmtp_jax import IGNORE_INDEX
 from wmtp_jax.arrays import check_dim, check_rank
 
-# Tuned with ``python -m wmtp_jax.bench loss`` (N = 8192, D = 512, V = 32000) on a 2-core CPU,
+# Tuned with ``python -m wmtp_jax.bench loss`` (M = 8192, D = 512, V = 32000) on a 2-core CPU,
 # where time is flat for T·C between 1M and 8M and temp memory grows with it. Accelerators may
 # prefer larger blocks.
 DEFAULT_TOKEN_BLOCK = 1024
@@ -38,7 +38,7 @@ DEFAULT_VOCAB_BLOCK = 2048
 
 
 def _pad_tokens(x, token_block: int):
-  """Zero-pad axis 0 up to a multiple of ``token_block`` and split it: ``[K, T, ...]``."""
+  """Zero-pad axis 0 up to a multiple of ``token_block`` and split it: ``[G, T, ...]``."""
   pad = -x.shape[0] % token_block
   if pad:
     x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
@@ -67,14 +67,14 @@ def _block_logits(h_TxD, w_DxV, start, size: int):
   return jnp.matmul(h_TxD, w_DxC, preferred_element_type=jnp.float32), w_DxC
 
 
-def _target_columns(w_DxV, targets_N):
-  """``[N, D]`` unembedding columns of the targets (column 0 where the target is ignored)."""
-  safe_N = jnp.where(targets_N == IGNORE_INDEX, 0, targets_N)
-  return jnp.take(w_DxV, safe_N, axis=1).T, safe_N
+def _target_columns(w_DxV, targets_M):
+  """``[M, D]`` unembedding columns of the targets (column 0 where the target is ignored)."""
+  safe_M = jnp.where(targets_M == IGNORE_INDEX, 0, targets_M)
+  return jnp.take(w_DxV, safe_M, axis=1).T, safe_M
 
 
-def _logsumexp_blocks(h_NxD, w_DxV, token_block: int, vocab_block: int):
-  """Per-token ``logsumexp`` of ``h @ w`` over the vocabulary, float32 ``[N]``, blockwise."""
+def _logsumexp_blocks(h_MxD, w_DxV, token_block: int, vocab_block: int):
+  """Per-token ``logsumexp`` of ``h @ w`` over the vocabulary, float32 ``[M]``, blockwise."""
   vocab_size = w_DxV.shape[1]
 
   def token_block_lse(h_TxD):
@@ -91,24 +91,24 @@ def _logsumexp_blocks(h_NxD, w_DxV, token_block: int, vocab_block: int):
     max_T, sum_T = _fold_vocab(vocab_step, init, vocab_size, vocab_block)
     return max_T + jnp.log(sum_T)
 
-  lse_KxT = lax.map(token_block_lse, _pad_tokens(h_NxD, token_block))
-  return lse_KxT.reshape(-1)[:h_NxD.shape[0]]
+  lse_GxT = lax.map(token_block_lse, _pad_tokens(h_MxD, token_block))
+  return lse_GxT.reshape(-1)[:h_MxD.shape[0]]
 
 
-def _ce_fwd(h_NxD, w_DxV, targets_N, token_block, vocab_block):
-  lse_N = _logsumexp_blocks(h_NxD, w_DxV, token_block, vocab_block)
-  w_cols_NxD, _ = _target_columns(w_DxV, targets_N)
-  picked_N = jnp.sum(h_NxD.astype(jnp.float32) * w_cols_NxD.astype(jnp.float32), axis=-1)
-  ce_N = jnp.where(targets_N == IGNORE_INDEX, 0.0, lse_N - picked_N)
-  return ce_N, (h_NxD, w_DxV, targets_N, lse_N)
+def _ce_fwd(h_MxD, w_DxV, targets_M, token_block, vocab_block):
+  lse_M = _logsumexp_blocks(h_MxD, w_DxV, token_block, vocab_block)
+  w_cols_MxD, _ = _target_columns(w_DxV, targets_M)
+  picked_M = jnp.sum(h_MxD.astype(jnp.float32) * w_cols_MxD.astype(jnp.float32), axis=-1)
+  ce_M = jnp.where(targets_M == IGNORE_INDEX, 0.0, lse_M - picked_M)
+  return ce_M, (h_MxD, w_DxV, targets_M, lse_M)
 
 
-def _ce_bwd(token_block, vocab_block, residuals, g_N):
+def _ce_bwd(token_block, vocab_block, residuals, g_M):
   """``d logits_i = g_i · (softmax_i - onehot_i)``, contracted block by block in float32."""
-  h_NxD, w_DxV, targets_N, lse_N = residuals
-  n_tokens, dim = h_NxD.shape
+  h_MxD, w_DxV, targets_M, lse_M = residuals
+  n_tokens, dim = h_MxD.shape
   vocab_size = w_DxV.shape[1]
-  g_N = jnp.where(targets_N == IGNORE_INDEX, 0.0, g_N.astype(jnp.float32))
+  g_M = jnp.where(targets_M == IGNORE_INDEX, 0.0, g_M.astype(jnp.float32))
 
   def token_step(dw_DxV, xs):
     h_TxD, g_T, lse_T = xs
@@ -126,51 +126,51 @@ def _ce_bwd(token_block, vocab_block, residuals, g_N):
     dh_TxD, dw_DxV = _fold_vocab(vocab_step, init, vocab_size, vocab_block)
     return dw_DxV, dh_TxD
 
-  dw_DxV, dh_KxTxD = lax.scan(
+  dw_DxV, dh_GxTxD = lax.scan(
       token_step, jnp.zeros(w_DxV.shape, jnp.float32),
-      (_pad_tokens(h_NxD, token_block), _pad_tokens(g_N, token_block),
-       _pad_tokens(lse_N, token_block)))
-  dh_NxD = dh_KxTxD.reshape(-1, dim)[:n_tokens]
+      (_pad_tokens(h_MxD, token_block), _pad_tokens(g_M, token_block),
+       _pad_tokens(lse_M, token_block)))
+  dh_MxD = dh_GxTxD.reshape(-1, dim)[:n_tokens]
 
   # The -onehot part: d logits[i, targets[i]] -= g[i].
-  w_cols_NxD, safe_N = _target_columns(w_DxV, targets_N)
-  dh_NxD = dh_NxD - g_N[:, None] * w_cols_NxD.astype(jnp.float32)
-  gh_NxD = g_N[:, None] * h_NxD.astype(jnp.float32)
-  dw_DxV = dw_DxV.at[:, safe_N].add(-gh_NxD.T)
-  return dh_NxD.astype(h_NxD.dtype), dw_DxV.astype(w_DxV.dtype), None
+  w_cols_MxD, safe_M = _target_columns(w_DxV, targets_M)
+  dh_MxD = dh_MxD - g_M[:, None] * w_cols_MxD.astype(jnp.float32)
+  gh_MxD = g_M[:, None] * h_MxD.astype(jnp.float32)
+  dw_DxV = dw_DxV.at[:, safe_M].add(-gh_MxD.T)
+  return dh_MxD.astype(h_MxD.dtype), dw_DxV.astype(w_DxV.dtype), None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _token_ce(h_NxD, w_DxV, targets_N, token_block, vocab_block):
-  return _ce_fwd(h_NxD, w_DxV, targets_N, token_block, vocab_block)[0]
+def _token_ce(h_MxD, w_DxV, targets_M, token_block, vocab_block):
+  return _ce_fwd(h_MxD, w_DxV, targets_M, token_block, vocab_block)[0]
 
 
 _token_ce.defvjp(_ce_fwd, _ce_bwd)
 
 
-def blockwise_token_ce(hidden_NxD, unembedding_DxV, targets_N, *,
+def blockwise_token_ce(hidden_MxD, unembedding_DxV, targets_M, *,
                        vocab_block: int = DEFAULT_VOCAB_BLOCK,
                        token_block: int = DEFAULT_TOKEN_BLOCK):
   """Per-token cross-entropy of ``hidden @ unembedding`` without materialising the logits.
 
   Args:
-    hidden_NxD: ``[N, D]`` final-normed hidden states, float32 or bfloat16.
+    hidden_MxD: ``[M, D]`` final-normed hidden states, float32 or bfloat16.
     unembedding_DxV: ``[D, V]`` output projection (Flax kernel layout ``[embed, vocab]``).
-    targets_N: ``[N]`` int target ids; ``IGNORE_INDEX`` entries give 0 and no gradient.
+    targets_M: ``[M]`` int target ids; ``IGNORE_INDEX`` entries give 0 and no gradient.
     vocab_block: vocabulary columns per block (clamped to V; need not divide V).
-    token_block: tokens per block (clamped to N; need not divide N).
+    token_block: tokens per block (clamped to M; need not divide M).
 
   Returns:
-    ``[N]`` float32 ``ce[i] = logsumexp(logits[i]) - logits[i, targets[i]]``, differentiable
-    w.r.t. ``hidden_NxD`` and ``unembedding_DxV`` (blockwise custom VJP, any cotangent).
+    ``[M]`` float32 ``ce[i] = logsumexp(logits[i]) - logits[i, targets[i]]``, differentiable
+    w.r.t. ``hidden_MxD`` and ``unembedding_DxV`` (blockwise custom VJP, any cotangent).
   """
-  check_rank("hidden_NxD", hidden_NxD, (2,))
+  check_rank("hidden_MxD", hidden_MxD, (2,))
   check_rank("unembedding_DxV", unembedding_DxV, (2,))
-  check_rank("targets_N", targets_N, (1,))
-  check_dim("hidden_NxD", hidden_NxD, 1, "unembedding_DxV", unembedding_DxV, 0)
-  check_dim("hidden_NxD", hidden_NxD, 0, "targets_N", targets_N, 0)
-  n_tokens, vocab_size = hidden_NxD.shape[0], unembedding_DxV.shape[1]
+  check_rank("targets_M", targets_M, (1,))
+  check_dim("hidden_MxD", hidden_MxD, 1, "unembedding_DxV", unembedding_DxV, 0)
+  check_dim("hidden_MxD", hidden_MxD, 0, "targets_M", targets_M, 0)
+  n_tokens, vocab_size = hidden_MxD.shape[0], unembedding_DxV.shape[1]
   token_block = max(1, min(token_block, n_tokens))
   vocab_block = max(1, min(vocab_block, vocab_size))
-  return _token_ce(hidden_NxD, unembedding_DxV, jnp.asarray(targets_N, jnp.int32), token_block,
+  return _token_ce(hidden_MxD, unembedding_DxV, jnp.asarray(targets_M, jnp.int32), token_block,
                    vocab_block)

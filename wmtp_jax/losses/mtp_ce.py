@@ -1,5 +1,7 @@
-"""Weighted multi-token cross-entropy (DESIGN §2). Shapes follow the package legend (the
-``wmtp_jax`` docstring).
+"""Weighted multi-token cross-entropy (DESIGN §2).
+
+Shapes follow the package legend (the ``wmtp_jax`` docstring); here ``E`` is the last axis of the
+per-term input: ``V`` for logits, ``D`` for hidden states.
 
 Index conventions (DESIGN §2): ``labels[b, j] = x_j`` on the response and ``IGNORE_INDEX`` (-100)
 on prompt and padding; head k at position t predicts ``x_{t+1+k}``. The MTP term (t, k) is valid
@@ -42,16 +44,16 @@ def mtp_targets(labels, attention_mask, n: int):
     n: number of heads.
 
   Returns:
-    ``(targets_BxSxN, valid_BxSxN)``: int32 ``targets[b, t, k] = labels[b, t+1+k]`` where the term
+    ``(targets_BxSxn, valid_BxSxn)``: int32 ``targets[b, t, k] = labels[b, t+1+k]`` where the term
     is valid and ``IGNORE_INDEX`` elsewhere (incl. ``t+1+k >= S``); bool ``valid[b, t, k] =
     mask[b, t+1+k] · attention_mask[b, t+1+k]``.
   """
   check_rank("labels", labels, (2,))
   check_same_shape("labels", labels, "attention_mask", attention_mask)
-  labels_BxSxN = arrays.future_window(jnp.asarray(labels, jnp.int32), n, IGNORE_INDEX)
-  attention_BxSxN = arrays.future_window(jnp.asarray(attention_mask, jnp.int32), n, 0)
-  valid_BxSxN = (labels_BxSxN != IGNORE_INDEX) & (attention_BxSxN != 0)
-  return jnp.where(valid_BxSxN, labels_BxSxN, IGNORE_INDEX), valid_BxSxN
+  labels_BxSxn = arrays.future_window(jnp.asarray(labels, jnp.int32), n, IGNORE_INDEX)
+  attention_BxSxn = arrays.future_window(jnp.asarray(attention_mask, jnp.int32), n, 0)
+  valid_BxSxn = (labels_BxSxn != IGNORE_INDEX) & (attention_BxSxn != 0)
+  return jnp.where(valid_BxSxn, labels_BxSxn, IGNORE_INDEX), valid_BxSxn
 
 
 def expand_weights(weights, n: int):
@@ -67,13 +69,13 @@ def expand_weights(weights, n: int):
   return weights if weights.ndim == 3 else arrays.future_window(weights, n, 0.0)
 
 
-def reduce_per_head(ce_BxSxN, valid_BxSxN, weights_BxSxN=None, *, n_valid_per_head=None) -> dict:
+def reduce_per_head(ce_BxSxn, valid_BxSxn, weights_BxSxn=None, *, n_valid_per_head=None) -> dict:
   """Reduce per-term CE ``[B, S, n]`` to the MTP loss dict (see module docstring).
 
   Invalid terms are excluded with ``where`` (not a product), so garbage CE or weights there
   (inf/NaN) reach neither the value nor the gradient.
 
-  ``n_valid_per_head`` (``[n]``) replaces the per-head denominators counted from ``valid_BxSxN``:
+  ``n_valid_per_head`` (``[n]``) replaces the per-head denominators counted from ``valid_BxSxn``:
   with the counts of a whole step batch, the losses of its micro-batches sum to the loss of the
   whole batch (gradient accumulation).
 
@@ -82,43 +84,43 @@ def reduce_per_head(ce_BxSxN, valid_BxSxN, weights_BxSxN=None, *, n_valid_per_he
     ``per_head_unweighted`` ``[n]``, ``n_valid_per_head`` ``[n]`` int32. Heads without valid
     targets have per-head loss 0 and are left out of the totals.
   """
-  ce_BxSxN = jnp.where(valid_BxSxN, ce_BxSxN.astype(jnp.float32), 0.0)
-  if weights_BxSxN is None:
-    weighted_BxSxN = ce_BxSxN
+  ce_BxSxn = jnp.where(valid_BxSxn, ce_BxSxn.astype(jnp.float32), 0.0)
+  if weights_BxSxn is None:
+    weighted_BxSxn = ce_BxSxn
   else:
-    weighted_BxSxN = jnp.where(valid_BxSxN, weights_BxSxN, 0.0) * ce_BxSxN
-  n_valid_N = (valid_BxSxN.sum(axis=(0, 1), dtype=jnp.int32) if n_valid_per_head is None
+    weighted_BxSxn = jnp.where(valid_BxSxn, weights_BxSxn, 0.0) * ce_BxSxn
+  n_valid_n = (valid_BxSxn.sum(axis=(0, 1), dtype=jnp.int32) if n_valid_per_head is None
                else jnp.asarray(n_valid_per_head, jnp.int32))
-  denom_N = jnp.maximum(n_valid_N, 1).astype(jnp.float32)
-  per_head_N = weighted_BxSxN.sum(axis=(0, 1)) / denom_N
-  per_head_unweighted_N = ce_BxSxN.sum(axis=(0, 1)) / denom_N
-  has_valid_N = n_valid_N > 0
-  n_heads = jnp.maximum(has_valid_N.sum(), 1).astype(jnp.float32)
+  denom_n = jnp.maximum(n_valid_n, 1).astype(jnp.float32)
+  per_head_n = weighted_BxSxn.sum(axis=(0, 1)) / denom_n
+  per_head_unweighted_n = ce_BxSxn.sum(axis=(0, 1)) / denom_n
+  has_valid_n = n_valid_n > 0
+  n_heads = jnp.maximum(has_valid_n.sum(), 1).astype(jnp.float32)
   return {
-      "loss": jnp.where(has_valid_N, per_head_N, 0.0).sum() / n_heads,
-      "unweighted": jnp.where(has_valid_N, per_head_unweighted_N, 0.0).sum() / n_heads,
-      "per_head": per_head_N,
-      "per_head_unweighted": per_head_unweighted_N,
-      "n_valid_per_head": n_valid_N,
+      "loss": jnp.where(has_valid_n, per_head_n, 0.0).sum() / n_heads,
+      "unweighted": jnp.where(has_valid_n, per_head_unweighted_n, 0.0).sum() / n_heads,
+      "per_head": per_head_n,
+      "per_head_unweighted": per_head_unweighted_n,
+      "n_valid_per_head": n_valid_n,
   }
 
 
-def _mtp_loss(name: str, x_BxSxNxF, labels, attention_mask, weights,
+def _mtp_loss(name: str, x_BxSxnxE, labels, attention_mask, weights,
               per_term_ce: Callable) -> dict:
   """Check inputs, build targets and weights, reduce ``per_term_ce(x, targets) -> [B, S, n]``."""
-  check_rank(name, x_BxSxNxF, (4,))
+  check_rank(name, x_BxSxnxE, (4,))
   check_rank("labels", labels, (2,))
-  check_dim(name, x_BxSxNxF, 0, "labels", labels, 0)
-  check_dim(name, x_BxSxNxF, 1, "labels", labels, 1)
+  check_dim(name, x_BxSxnxE, 0, "labels", labels, 0)
+  check_dim(name, x_BxSxnxE, 1, "labels", labels, 1)
   if weights is not None:
     check_rank("weights", weights, (2, 3))
     check_dim("weights", weights, 0, "labels", labels, 0)
     check_dim("weights", weights, 1, "labels", labels, 1)
     if weights.ndim == 3:
-      check_dim("weights", weights, 2, name, x_BxSxNxF, 2)
-  n = x_BxSxNxF.shape[2]
-  targets_BxSxN, valid_BxSxN = mtp_targets(labels, attention_mask, n)
-  return reduce_per_head(per_term_ce(x_BxSxNxF, targets_BxSxN), valid_BxSxN,
+      check_dim("weights", weights, 2, name, x_BxSxnxE, 2)
+  n = x_BxSxnxE.shape[2]
+  targets_BxSxn, valid_BxSxn = mtp_targets(labels, attention_mask, n)
+  return reduce_per_head(per_term_ce(x_BxSxnxE, targets_BxSxn), valid_BxSxn,
                          expand_weights(weights, n))
 
 

@@ -1,8 +1,8 @@
 """Objectives: the only thing that differs between pipelines (DESIGN §1).
 
 An ``Objective`` says which model trains, what batch it reads and how its loss is computed. The
-train loop (``wmtp_jax.training.loop``) is shared: it handles LoRA, frozen parameters, micro-batching,
-the optimizer, checkpoints and logging, and calls
+train loop (``wmtp_jax.training.loop``) is shared: it handles LoRA, frozen parameters,
+micro-batching, the optimizer, checkpoints and logging, and calls
 
     loss, (metrics, aux_sums) = objective.loss(params, apply, frozen, batch, norms, aux, rng)
 

@@ -1,4 +1,8 @@
-"""The ``Objective`` interface and the pieces the policy objectives share."""
+"""The ``Objective`` interface and the pieces the policy objectives share.
+
+Shapes follow the package legend (the ``wmtp_jax`` docstring); here ``E`` is the last axis of a
+model output: ``V`` for logits, ``D`` for hidden states.
+"""
 
 from typing import Any
 
@@ -53,8 +57,8 @@ def response_mask(batch, prefix: str = ""):
 
 def n_valid_per_head(batch, n: int):
   """``[n]`` int32 count of valid targets per head over the whole batch (the CE denominators)."""
-  _, valid_BxSxN = losses.mtp_targets(batch["labels"], batch["attention_mask"], n)
-  return valid_BxSxN.sum(axis=(0, 1), dtype=jnp.int32)
+  _, valid_BxSxn = losses.mtp_targets(batch["labels"], batch["attention_mask"], n)
+  return valid_BxSxn.sum(axis=(0, 1), dtype=jnp.int32)
 
 
 def lm_terms(apply, params, batch, *, unembedding_path: tuple[str, ...], n: int, loss_cfg,
@@ -67,42 +71,42 @@ def lm_terms(apply, params, batch, *, unembedding_path: tuple[str, ...], n: int,
   ``model_kwargs`` that make the model return extra outputs (``return_values=True``) append them.
 
   Returns:
-    ``(ce_BxSxN, valid_BxSxN, *extra outputs)``: float32 CE of head k at position t against
+    ``(ce_BxSxn, valid_BxSxn, *extra outputs)``: float32 CE of head k at position t against
     ``x_{t+1+k}`` (0 where invalid) and the validity of each term.
   """
   out = apply(params, batch["tokens"], batch["attention_mask"],
               return_hidden=loss_cfg.memory_efficient, **model_kwargs)
   out, *extra = out if isinstance(out, tuple) else (out,)
-  out_BxSxNxF = out if multi_head else out[:, :, None, :]
-  targets_BxSxN, valid_BxSxN = losses.mtp_targets(batch["labels"], batch["attention_mask"], n)
+  out_BxSxnxE = out if multi_head else out[:, :, None, :]
+  targets_BxSxn, valid_BxSxn = losses.mtp_targets(batch["labels"], batch["attention_mask"], n)
   if loss_cfg.memory_efficient:
     unembedding = params
     for key in unembedding_path:
       unembedding = unembedding[key]
-    ce_BxSxN = losses.hidden_token_ce(out_BxSxNxF, unembedding, targets_BxSxN,
+    ce_BxSxn = losses.hidden_token_ce(out_BxSxnxE, unembedding, targets_BxSxn,
                                       vocab_block=loss_cfg.vocab_block,
                                       token_block=loss_cfg.token_block)
   else:
-    ce_BxSxN = losses.token_ce(out_BxSxNxF, targets_BxSxN)
-  return ce_BxSxN, valid_BxSxN, *extra
+    ce_BxSxn = losses.token_ce(out_BxSxnxE, targets_BxSxn)
+  return ce_BxSxn, valid_BxSxn, *extra
 
 
-def weighted_ce(ce_BxSxN, valid_BxSxN, w_BxSxN, norms):
+def weighted_ce(ce_BxSxn, valid_BxSxn, w_BxSxn, norms):
   """``(loss, metrics)`` of the weighted MTP loss on one micro-batch.
 
   The loss divides by the step's per-head counts ``norms["n_valid"]`` so that the micro-batch
   losses sum to the loss of the whole step batch; the metrics are this micro-batch's own values.
   """
-  step = losses.reduce_per_head(ce_BxSxN, valid_BxSxN, w_BxSxN, n_valid_per_head=norms["n_valid"])
-  local = losses.reduce_per_head(ce_BxSxN, valid_BxSxN, w_BxSxN)
+  step = losses.reduce_per_head(ce_BxSxn, valid_BxSxn, w_BxSxn, n_valid_per_head=norms["n_valid"])
+  local = losses.reduce_per_head(ce_BxSxn, valid_BxSxn, w_BxSxn)
   return step["loss"], {k: local[k] for k in ("loss", "unweighted", "per_head",
                                               "per_head_unweighted")}
 
 
-def term_weight_metrics(w_BxSxN, valid_BxSxN, *, hist_upper) -> dict:
+def term_weight_metrics(w_BxSxn, valid_BxSxn, *, hist_upper) -> dict:
   """``weight_mean/std/min/max/entropy`` over valid (position, head) terms, and
   ``weight_histogram``: their bucket counts over ``[0, hist_upper]`` (``metrics_log.histogram``)."""
-  stats = weighting.weight_stats(w_BxSxN, valid_BxSxN)
+  stats = weighting.weight_stats(w_BxSxn, valid_BxSxn)
   return {**{f"weight_{k}": v for k, v in stats.items()},
           "weight_histogram": metrics_log.histogram(
-              weighting.weight_histogram(w_BxSxN, valid_BxSxN, upper=hist_upper), hist_upper)}
+              weighting.weight_histogram(w_BxSxn, valid_BxSxn, upper=hist_upper), hist_upper)}

@@ -27,6 +27,6 @@ class Baseline(PolicyObjective):
   name = "baseline"
 
   def loss(self, params, apply, frozen, batch, norms, aux, rng):
-    ce_BxSxN, valid_BxSxN = self.policy_terms(params, apply, batch)
-    loss, metrics = base.weighted_ce(ce_BxSxN, valid_BxSxN, None, norms)
+    ce_BxSxn, valid_BxSxn = self.policy_terms(params, apply, batch)
+    loss, metrics = base.weighted_ce(ce_BxSxn, valid_BxSxn, None, norms)
     return loss, (metrics, {})

@@ -9,8 +9,8 @@ valid terms per head by excess (``mode`` ``signed`` | ``absolute`` | ``difficult
 
 import jax
 
-from wmtp_jax.models import presets
 from wmtp_jax import weighting
+from wmtp_jax.models import presets
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.objectives import base
 from wmtp_jax.objectives.baseline import PolicyObjective
@@ -44,20 +44,20 @@ class Rho1(PolicyObjective):
                                     unembedding_path=("lm_head", "kernel"), n=1,
                                     loss_cfg=self.config.loss, multi_head=False)
     ref_ce_BxS = jax.lax.stop_gradient(ref_ce_BxSx1[..., 0])
-    ce_BxSxN, valid_BxSxN = self.policy_terms(params, apply, batch)
-    policy_ce_BxSxN = jax.lax.stop_gradient(ce_BxSxN)
+    ce_BxSxn, valid_BxSxn = self.policy_terms(params, apply, batch)
+    policy_ce_BxSxn = jax.lax.stop_gradient(ce_BxSxn)
     mask_BxS = base.response_mask(batch)
     if r.variant == "topk":
-      weights_BxSxN = weighting.rho1_weights(policy_ce_BxSxN, ref_ce_BxS, mask_BxS,
+      weights_BxSxn = weighting.rho1_weights(policy_ce_BxSxn, ref_ce_BxS, mask_BxS,
                                              k_percent=r.k_percent, mode=r.mode,
                                              head0_always=r.head0_always)
     else:
-      weights_BxSxN = weighting.rho1_continuous_weights(
-          policy_ce_BxSxN, ref_ce_BxS, mask_BxS, percentile=r.percentile, alpha=r.alpha,
+      weights_BxSxn = weighting.rho1_continuous_weights(
+          policy_ce_BxSxn, ref_ce_BxS, mask_BxS, percentile=r.percentile, alpha=r.alpha,
           normalize=r.normalize)
-    loss, metrics = base.weighted_ce(ce_BxSxN, valid_BxSxN, weights_BxSxN, norms)
-    metrics.update(base.term_weight_metrics(weights_BxSxN, valid_BxSxN,
+    loss, metrics = base.weighted_ce(ce_BxSxn, valid_BxSxn, weights_BxSxn, norms)
+    metrics.update(base.term_weight_metrics(weights_BxSxn, valid_BxSxn,
                                             hist_upper=HIST_UPPER[r.variant]))
-    metrics["selection_ratio"] = weighting.selection_ratio_per_head(weights_BxSxN, valid_BxSxN)
+    metrics["selection_ratio"] = weighting.selection_ratio_per_head(weights_BxSxn, valid_BxSxn)
     metrics["reference_ce"] = weighting.td_stats(ref_ce_BxS, mask_BxS)["mean"]
     return loss, (metrics, {})

@@ -83,17 +83,18 @@ class Verifiable(PolicyObjective):
     if self.shared is None:
       values_BxS = self.frozen_models["critic"].apply(
           {"params": frozen["critic"]}, batch["tokens"], batch["attention_mask"])
-      ce_BxSxN, valid_BxSxN = self.policy_terms(params, apply, batch)
+      ce_BxSxn, valid_BxSxn = self.policy_terms(params, apply, batch)
     else:
-      ce_BxSxN, valid_BxSxN, trunk_BxSxD, values_BxS = self.policy_terms(
+      ce_BxSxn, valid_BxSxn, trunk_BxSxD, values_BxS = self.policy_terms(
           params, apply, batch, return_trunk_hidden=True, return_values=True,
           deterministic=False, rngs={"dropout": rng})
-    scores_BxS, weights_BxSxN = self._weights(jax.lax.stop_gradient(values_BxS), mask_BxS,
+    scores_BxS, weights_BxSxn = self._weights(jax.lax.stop_gradient(values_BxS), mask_BxS,
                                               rewards_B, aux)
-    loss, metrics = base.weighted_ce(ce_BxSxN, valid_BxSxN, weights_BxSxN, norms)
+    loss, metrics = base.weighted_ce(ce_BxSxn, valid_BxSxn, weights_BxSxn, norms)
     hist_upper = w.max_weight if w.scheme == "gae_exp" else 1.0
-    metrics.update(base.term_weight_metrics(weights_BxSxN, valid_BxSxN, hist_upper=hist_upper))
-    metrics.update({f"advantage_{k}": v for k, v in weighting.td_stats(scores_BxS, mask_BxS).items()})
+    metrics.update(base.term_weight_metrics(weights_BxSxn, valid_BxSxn, hist_upper=hist_upper))
+    metrics.update({f"advantage_{k}": v
+                    for k, v in weighting.td_stats(scores_BxS, mask_BxS).items()})
     metrics.update({"value_mean": weighting.td_stats(values_BxS, mask_BxS)["mean"],
                     "ema_mean": aux["ema"].mean, "ema_std": aux["ema"].std})
     if self.shared is not None:
@@ -121,13 +122,13 @@ class Verifiable(PolicyObjective):
       weights_BxS = weighting.exp_weights(
           scores_BxS, mask_BxS, beta=w.beta, min_weight=w.min_weight, max_weight=w.max_weight,
           mean=None if ema is None else ema.mean, std=None if ema is None else ema.std)
-      weights_BxSxN = losses.expand_weights(weights_BxS, self.n)  # target-aligned → per term
+      weights_BxSxn = losses.expand_weights(weights_BxS, self.n)  # target-aligned → per term
     else:
       scores_BxS = weighting.td_errors(values_BxS, mask_BxS, gamma=w.gamma,
                                        initial_value=w.initial_value, rewards=rewards_B)
-      weights_BxSxN = weighting.softmax_head_weights(scores_BxS, mask_BxS, self.n,
+      weights_BxSxn = weighting.softmax_head_weights(scores_BxS, mask_BxS, self.n,
                                                      temperature=w.temperature)
-    return scores_BxS, jax.lax.stop_gradient(weights_BxSxN)
+    return scores_BxS, jax.lax.stop_gradient(weights_BxSxn)
 
   def _pretrain_loss(self, params, apply, batch, norms, rng):
     """Stage 1 of the shared head: Monte-Carlo MSE of ``V`` to ``R`` (only the head trains)."""

@@ -38,11 +38,11 @@ def softmax_head_weights(scores, mask, n_future: int, *, temperature=1.0):
   valid_BxSxn = future_valid(mask, n_future)
   logits_BxSxn = arrays.future_window(f32(scores), n_future, 0.0) / f32(temperature)
   logits_BxSxn = jnp.where(valid_BxSxn, logits_BxSxn, -jnp.inf)
-  max_BxS = jnp.max(logits_BxSxn, axis=-1, keepdims=True)
-  max_BxS = jnp.where(jnp.isfinite(max_BxS), max_BxS, 0.0)
-  exp_BxSxn = jnp.where(valid_BxSxn, jnp.exp(logits_BxSxn - max_BxS), 0.0)
-  total_BxS = jnp.sum(exp_BxSxn, axis=-1, keepdims=True)
-  return exp_BxSxn / jnp.where(total_BxS > 0.0, total_BxS, 1.0)
+  max_BxSx1 = jnp.max(logits_BxSxn, axis=-1, keepdims=True)
+  max_BxSx1 = jnp.where(jnp.isfinite(max_BxSx1), max_BxSx1, 0.0)
+  exp_BxSxn = jnp.where(valid_BxSxn, jnp.exp(logits_BxSxn - max_BxSx1), 0.0)
+  total_BxSx1 = jnp.sum(exp_BxSxn, axis=-1, keepdims=True)
+  return exp_BxSxn / jnp.where(total_BxSx1 > 0.0, total_BxSx1, 1.0)
 
 
 @jax.jit
