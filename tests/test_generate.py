@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from wmtp_jax.decoding import generator as gen
+from wmtp_jax.decoding.adapter import ModelAdapter
+from wmtp_jax.decoding.sampling import Sampling, warp_probs
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
@@ -95,7 +97,7 @@ def test_kv_cache_logits_equal_full_forward(kind):
   full = np.asarray(jax.jit(model.apply)({"params": params}, seq))
   if kind == "llama":
     full = full[:, :, None]
-  adapter = gen.ModelAdapter(model)
+  adapter = ModelAdapter(model)
   heads = adapter.n_heads
   cache = adapter.init_cache(3, 28, heads=heads)
   forward = jax.jit(functools.partial(adapter.forward, heads=heads))
@@ -181,7 +183,7 @@ def test_sampling_is_seeded_and_top_p_filters():
   model, params = _mtp()
   prompts = _prompts(3, [8, 12])
   generator, speculative = _generator(), _generator(2)
-  sampling = gen.Sampling(temperature=1.0, top_p=0.9)
+  sampling = Sampling(temperature=1.0, top_p=0.9)
   kwargs = dict(max_new_tokens=20, eos_id=EOS, batch_size=4, buckets=(16, 32))
   agree = _heads_agree(params)
   a = speculative(params, prompts, sampling=sampling, seed=1, **kwargs)
@@ -191,7 +193,7 @@ def test_sampling_is_seeded_and_top_p_filters():
   assert all(0 <= t < MTP_CFG.vocab_size for row in a.tokens for t in row)
   # warp_probs against a direct numpy nucleus filter.
   logits = np.random.default_rng(0).normal(size=(3, 50)).astype(np.float32) * 3
-  got = np.asarray(gen.warp_probs(jnp.asarray(logits), gen.Sampling(0.7, 0.8)))
+  got = np.asarray(warp_probs(jnp.asarray(logits), Sampling(0.7, 0.8)))
   for row, probs in zip(logits, got):
     p = np.exp(row / 0.7 - np.max(row / 0.7))
     p /= p.sum()
@@ -202,7 +204,7 @@ def test_sampling_is_seeded_and_top_p_filters():
     np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
   # Speculative sampling: near-greedy sampling (top-p keeps only the most likely token) goes
   # through the acceptance ratios and the residual distribution and must give the greedy tokens.
-  near_greedy = gen.Sampling(temperature=1.0, top_p=1e-9)
+  near_greedy = Sampling(temperature=1.0, top_p=1e-9)
   got = speculative(agree, prompts, sampling=near_greedy, **kwargs)
   assert got.stats["compiles"] == 0  # temperature and top_p are not compiled in
   assert got.tokens == generator(agree, prompts, **kwargs).tokens

@@ -12,7 +12,7 @@ import pytest
 
 from torch_reference import padded_batch
 from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
-from wmtp_jax.decoding import generator as generate
+from wmtp_jax.decoding.adapter import ModelAdapter
 from wmtp_jax.training import lora, mesh as mesh_lib
 from wmtp_jax.models import scan_layout
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
@@ -131,7 +131,7 @@ def test_kv_cache_decoding_with_scanned_blocks():
 
   @functools.partial(jax.jit, static_argnums=0)
   def prefill_and_step(model, params):
-    adapter, heads = generate.ModelAdapter(model), TINY_MTP.n_future_tokens
+    adapter, heads = ModelAdapter(model), TINY_MTP.n_future_tokens
     cache = adapter.init_cache(2, 8, heads=heads)
     _, cache = adapter.forward(params, cache, tokens_BxS[:, :4], jnp.zeros(2, jnp.int32),
                                heads=heads)

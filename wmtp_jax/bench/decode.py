@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax.decoding import generator as gen
+from wmtp_jax.decoding.adapter import ModelAdapter
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.config import common as config_lib
 from wmtp_jax.training import loop as train
@@ -101,7 +102,7 @@ def pass_costs(model, params, draft_heads: int, batch_size: int, *, cache_len: i
   * ``speculative``: that plus the unembedding of a speculative pass (head 0 at every position,
     the draft heads at one).
   """
-  adapter = gen.ModelAdapter(model)
+  adapter = ModelAdapter(model)
   t = draft_heads + 1
 
   def looped(tokens: int, heads: int, unembed: str):

@@ -1,27 +1,21 @@
-"""Autoregressive generation with a preallocated KV cache: jitted prefill + ``lax.while_loop`` decode.
+"""Autoregressive generation with a preallocated KV cache: a jitted prefill, then a jitted
+``lax.while_loop`` of decode steps.
 
 Works on an ``MTPTransformer`` (next-token head 0; with ``draft_heads > 0`` the other heads draft
-and head 0 verifies, see ``wmtp_jax.decoding.speculative``) and on a ``LlamaForCausalLM``.
+and head 0 verifies, see ``wmtp_jax.decoding.speculative``) and on a ``LlamaForCausalLM``
+(``wmtp_jax.decoding.adapter``).
 
 Shapes are static so the number of compilations is bounded: prompts are sorted by length, cut into
 batches of exactly ``batch_size`` rows (the last one padded with dummy rows) and right-padded to a
 **bucket** length ``P`` (the smallest of ``buckets`` that fits the batch's longest prompt). The
 cache holds ``C = P + max_new_tokens + draft_heads`` slots. Prefill and decode compile once per
-``(batch_size, P)``.
+``(batch_size, P)``. The cache layout and the decode state are described in
+``wmtp_jax.decoding.state``.
 
-Layout (B rows, cache slots per row; ``layers.Attention`` KV-cache mode): row ``b``'s prompt fills
-slots ``0 … len_b − 1``; the generated token ``i`` (0-based) goes to slot ``len_b + i``; each row
-has its own write index, so prompts need no left padding and positions are the slots, exactly as
-in a full forward pass over the unpadded sequence. Slots past a row's own are never attended to.
-
-Decode state (a dict pytree): ``cache``; ``out [B, max_new + k + 1]`` generated tokens;
-``n_gen [B]`` how many are valid; ``last [B]`` the newest token (not yet in the cache, its slot is
-``len_b + n_gen − 1``); ``done [B]`` (EOS, ``max_new_tokens`` or a stop sequence); ``drafts`` /
-``draft_probs`` (speculative); ``rng``; ``steps`` / ``row_steps`` / ``row_tokens`` counters.
-
-Sampling: greedy (``temperature == 0``; deterministic), or temperature + nucleus (top-p). Stop
-sequences (strings) are checked on the host between chunks of ``stop_check_every`` decode steps;
-the texts are cut at the first stop sequence afterwards (``truncate_at_stop``).
+Sampling (``wmtp_jax.decoding.sampling``): greedy (``temperature == 0``; deterministic), or
+temperature + nucleus (top-p). Stop sequences (strings) are checked on the host between chunks of
+``stop_check_every`` decode steps; the texts are cut at the first stop sequence afterwards
+(``truncate_at_stop``).
 """
 
 import contextlib
@@ -30,227 +24,65 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax.models.llama import LlamaForCausalLM
-from wmtp_jax.models.mtp import MTPTransformer
+from wmtp_jax.decoding import speculative
+from wmtp_jax.decoding.adapter import ModelAdapter
+from wmtp_jax.decoding.sampling import Sampling, sample_token
+from wmtp_jax.decoding.state import DecodeSpec, append_tokens, initial_state
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-  """How the next token is chosen: greedy when ``temperature == 0``, else temperature + top-p."""
-  temperature: float = 0.0
-  top_p: float = 1.0
-
-  def __post_init__(self):
-    if self.temperature < 0:
-      raise ValueError(f"temperature={self.temperature} must be ≥ 0")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
-
-  @property
-  def greedy(self) -> bool:
-    return self.temperature == 0.0
-
-  @property
-  def nucleus(self) -> bool:
-    return self.top_p < 1.0
+# ----------------------------------------------------------------------------------- the steps
 
 
-class _Knobs(NamedTuple):
-  """``Sampling`` inside the jitted functions: the mode is static (one compilation per mode),
-  ``temperature`` and ``top_p`` are traced (no recompilation when they change)."""
-  greedy: bool
-  nucleus: bool
-  temperature: Any
-  top_p: Any
-
-
-# ----------------------------------------------------------------------------------- the model
-
-
-class ModelAdapter:
-  """One interface over ``MTPTransformer`` (``n`` heads) and ``LlamaForCausalLM`` (one head)."""
-
-  def __init__(self, model):
-    if isinstance(model, MTPTransformer):
-      self.is_mtp, self.n_heads = True, model.cfg.n_future_tokens
-      self.max_seq_len, self.kernel_path = model.cfg.max_seq_len, ("output", "kernel")
-    elif isinstance(model, LlamaForCausalLM):
-      self.is_mtp, self.n_heads = False, 1
-      self.max_seq_len = model.cfg.max_position_embeddings
-      self.kernel_path = ("lm_head", "kernel")
-    else:
-      raise TypeError(f"generation needs an MTPTransformer or a LlamaForCausalLM, got "
-                      f"{type(model).__name__}")
-    self.model, self.vocab_size, self.dtype = model, model.cfg.vocab_size, model.cfg.dtype
-
-  def _kwargs(self, heads: int) -> dict:
-    if not self.is_mtp:
-      if heads != 1:
-        raise ValueError(f"a LlamaForCausalLM has one head, {heads} were asked for")
-      return {}
-    return {"heads": heads}
-
-  def forward(self, params, cache, tokens_BxT, cache_index_B, *, heads: int,
-              return_hidden: bool = False):
-    """``(logits [B, T, heads, V] | hidden [B, T, heads, D], new cache)`` in KV-cache mode."""
-    out, variables = self.model.apply(
-        {"params": params, "cache": cache}, tokens_BxT, None, cache_index_B=cache_index_B,
-        return_hidden=return_hidden, mutable=["cache"], **self._kwargs(heads))
-    if not self.is_mtp:
-      out = out[:, :, None]
-    return out, variables["cache"]
-
-  def unembed(self, params, hidden):
-    """Logits of final-normed hidden states ``[..., D]`` (the model's own output projection)."""
-    kernel = params[self.kernel_path[0]][self.kernel_path[1]]
-    return jnp.einsum("...d,dv->...v", hidden.astype(self.dtype), kernel.astype(self.dtype))
-
-  def init_cache(self, batch_size: int, cache_len: int, *, heads: int):
-    """Zero caches ``[B, cache_len, K, H]`` of every block that runs with ``heads`` heads."""
-    def init():
-      return self.model.init(jax.random.key(0), jnp.zeros((batch_size, cache_len), jnp.int32),
-                             cache_index_B=jnp.zeros((batch_size,), jnp.int32),
-                             **self._kwargs(heads))["cache"]
-    shapes = jax.eval_shape(init)
-    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def init_cache(model, batch_size: int, cache_len: int, *, heads: int = 1):
-  """The zero KV cache (``cache`` collection) of ``model`` for ``batch_size`` rows of
-  ``cache_len`` slots, for the trunk and the first ``heads`` heads."""
-  return ModelAdapter(model).init_cache(batch_size, cache_len, heads=heads)
-
-
-# ----------------------------------------------------------------------------------- sampling
-
-
-def warp_probs(logits, sampling: "Sampling | _Knobs"):
-  """Next-token probabilities (fp32) after temperature and nucleus (top-p) filtering."""
-  logits = logits.astype(jnp.float32)
-  if sampling.greedy:
-    return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=jnp.float32)
-  probs = jax.nn.softmax(logits / sampling.temperature, axis=-1)
-  if sampling.nucleus:
-    sorted_desc = -jnp.sort(-probs, axis=-1)
-    # Keep the smallest set of most likely tokens whose mass reaches top_p (at least one).
-    keep_sorted = (jnp.cumsum(sorted_desc, axis=-1) - sorted_desc) < sampling.top_p
-    threshold = jnp.min(jnp.where(keep_sorted, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-    probs = jnp.where(probs >= threshold, probs, 0.0)
-    probs = probs / jnp.sum(probs, axis=-1, keepdims=True)
-  return probs
-
-
-def sample_token(rng, logits, sampling: "Sampling | _Knobs"):
-  """One token per row of ``logits [..., V]`` (argmax when greedy)."""
-  if sampling.greedy:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return sample_from(rng, warp_probs(logits, sampling))
-
-
-def sample_from(rng, probs):
-  """A token per row of ``probs [..., V]``."""
-  return jax.random.categorical(rng, jnp.log(probs), axis=-1).astype(jnp.int32)
-
-
-# ----------------------------------------------------------------------------------- the state
-
-
-def _write_rows(buffer_BxL, values_BxT, start_B, active_B):
-  """``buffer[b, start[b] : start[b] + T] = values[b]`` for active rows."""
-  written = jax.vmap(lambda buf, val, i: jax.lax.dynamic_update_slice_in_dim(buf, val, i, 0))(
-      buffer_BxL, values_BxT.astype(buffer_BxL.dtype), start_B)
-  return jnp.where(active_B[:, None], written, buffer_BxL)
-
-
-def _finish(state, new_BxT, count_B, active_B, max_new: int):
-  """Appends the first ``count_B`` of ``new_BxT`` to active rows, cut after an EOS and at
-  ``max_new``; returns the updated ``(out, n_gen, done, accepted_count)``."""
-  t = jnp.arange(new_BxT.shape[1])[None, :]
-  is_eos = (new_BxT == state["eos_id"]) & (t < count_B[:, None])
-  first_eos = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1), new_BxT.shape[1])
-  count = jnp.minimum(jnp.minimum(count_B, first_eos + 1), max_new - state["n_gen"])
-  out = _write_rows(state["out"], new_BxT, state["n_gen"], active_B)
-  n_gen = state["n_gen"] + jnp.where(active_B, count, 0)
-  done = state["done"] | (active_B & (is_eos.any(-1) | (n_gen >= max_new)))
-  return out, n_gen, done, jnp.where(active_B, count, 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-  """Static description of one compiled generator."""
-  greedy: bool
-  nucleus: bool
-  max_new: int
-  draft_heads: int
-  cache_len: int
-
-  @property
-  def heads(self) -> int:
-    return 1 + self.draft_heads
-
-  def knobs(self, state) -> _Knobs:
-    return _Knobs(self.greedy, self.nucleus, state["temperature"], state["top_p"])
-
-
-def _prefill(adapter: ModelAdapter, spec: _Spec, params, prompts_BxP, lengths_B, n_rows, rng,
+def _prefill(adapter: ModelAdapter, spec: DecodeSpec, params, prompts_BxP, lengths_B, n_rows, rng,
              temperature, top_p, eos_id):
   """Runs the prompts, samples the first token (and drafts); returns the decode state. Rows
   ``n_rows …`` are dummies (done from the start)."""
   batch = prompts_BxP.shape[0]
-  k = spec.draft_heads
   cache = adapter.init_cache(batch, spec.cache_len, heads=spec.heads)
   hidden, cache = adapter.forward(params, cache, prompts_BxP, jnp.zeros((batch,), jnp.int32),
                                   heads=spec.heads, return_hidden=True)
   last_hidden_BxhxD = jnp.take_along_axis(hidden, (lengths_B - 1)[:, None, None, None], 1)[:, 0]
   logits_BxhxV = adapter.unembed(params, last_hidden_BxhxD)
   rng, first_rng, draft_rng = jax.random.split(rng, 3)
-  state = dict(
-      temperature=jnp.asarray(temperature, jnp.float32), top_p=jnp.asarray(top_p, jnp.float32),
-      eos_id=jnp.asarray(eos_id, jnp.int32),
-      cache=cache, out=jnp.zeros((batch, spec.max_new + k + 1), jnp.int32),
-      n_gen=jnp.zeros((batch,), jnp.int32), done=jnp.zeros((batch,), bool),
-      lengths=lengths_B, rng=rng, steps=jnp.int32(0), row_steps=jnp.zeros((batch,), jnp.int32),
-      row_tokens=jnp.zeros((batch,), jnp.int32))
+  state = initial_state(spec, cache, lengths_B, rng, temperature, top_p, eos_id)
   first_B = sample_token(first_rng, logits_BxhxV[:, 0], spec.knobs(state))
   real_B = jnp.arange(batch) < n_rows
-  out, n_gen, done, _ = _finish(state, first_B[:, None], jnp.ones((batch,), jnp.int32), real_B,
-                                spec.max_new)
+  out, n_gen, done, _ = append_tokens(state, first_B[:, None], jnp.ones((batch,), jnp.int32),
+                                      real_B, spec.max_new)
   state.update(out=out, n_gen=n_gen, done=done | ~real_B, last=first_B)
-  if k:
-    from wmtp_jax.decoding import speculative  # pylint: disable=import-outside-toplevel
+  if spec.draft_heads:
     state.update(speculative.draft(spec.knobs(state), logits_BxhxV[:, 1:], draft_rng))
   return state
 
 
-def _plain_step(adapter: ModelAdapter, spec: _Spec, params, state):
+def _plain_step(adapter: ModelAdapter, spec: DecodeSpec, params, state):
   """One token per active row from head 0."""
   active = ~state["done"]
   slot_B = state["lengths"] + state["n_gen"] - 1
   logits, cache = adapter.forward(params, state["cache"], state["last"][:, None], slot_B, heads=1)
   rng, step_rng = jax.random.split(state["rng"])
   next_B = sample_token(step_rng, logits[:, 0, 0], spec.knobs(state))
-  out, n_gen, done, count = _finish(state, next_B[:, None], jnp.ones_like(next_B), active,
-                                    spec.max_new)
+  out, n_gen, done, count = append_tokens(state, next_B[:, None], jnp.ones_like(next_B), active,
+                                          spec.max_new)
   return {**state, "cache": cache, "out": out, "n_gen": n_gen, "done": done, "rng": rng,
           "last": jnp.where(active, next_B, state["last"]), "steps": state["steps"] + 1,
           "row_steps": state["row_steps"] + active, "row_tokens": state["row_tokens"] + count}
 
 
-def _decode(adapter: ModelAdapter, spec: _Spec, params, state, until_steps):
+def _decode(adapter: ModelAdapter, spec: DecodeSpec, params, state, until_steps):
   """Decode steps until every row is done or ``steps == until_steps``."""
   if spec.draft_heads:
-    from wmtp_jax.decoding import speculative  # pylint: disable=import-outside-toplevel
     step = functools.partial(speculative.step, adapter, spec, params)
   else:
     step = functools.partial(_plain_step, adapter, spec, params)
@@ -295,11 +127,11 @@ class Generator:
       raise ValueError(f"draft_heads={draft_heads}: the model has {self.adapter.n_heads} head(s), "
                        f"so at most {self.adapter.n_heads - 1} can draft")
     self.draft_heads, self.mesh, self.rules = draft_heads, mesh, tuple(rules)
-    self._jitted: dict[_Spec, tuple[Any, Any]] = {}
+    self._jitted: dict[DecodeSpec, tuple[Any, Any]] = {}
     self._shapes: set = set()
     self._warned_length = False
 
-  def _functions(self, spec: _Spec):
+  def _functions(self, spec: DecodeSpec):
     if spec not in self._jitted:
       self._jitted[spec] = (
           jax.jit(functools.partial(_prefill, self.adapter, spec)),
@@ -338,7 +170,7 @@ class Generator:
     # One cache length per call (the longest prompt's bucket): decode compiles once, prefill once
     # per bucket.
     longest = _bucket(max(map(len, prompts)), buckets)
-    spec = _Spec(sampling.greedy, sampling.nucleus, int(max_new_tokens), self.draft_heads,
+    spec = DecodeSpec(sampling.greedy, sampling.nucleus, int(max_new_tokens), self.draft_heads,
                  longest + int(max_new_tokens) + self.draft_heads)
     self._check_length(max(map(len, prompts)) + int(max_new_tokens))
     prefill, decode = self._functions(spec)
@@ -408,7 +240,8 @@ class Generator:
 def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              eos_id: int, temperature: float = 0.0, top_p: float = 1.0, draft_heads: int = 0,
              **kwargs) -> Generation:
-  """One-shot ``Generator(model, draft_heads=…)(params, prompts, …)`` (see ``Generator.generate``)."""
+  """One-shot ``Generator(model, draft_heads=…)(params, prompts, …)`` (see
+  ``Generator.generate``)."""
   generator = Generator(model, draft_heads=draft_heads)
   return generator(params, prompts, max_new_tokens=max_new_tokens, eos_id=eos_id,
                    sampling=Sampling(temperature, top_p), **kwargs)
@@ -420,6 +253,7 @@ def _bucket(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"a prompt of {length} tokens is longer than the largest bucket "
                      f"{max(buckets)}")
   return min(fitting)
+
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -27,15 +27,17 @@ tokens (``mean_accepted_length`` in ``Generation.stats``); ``wmtp_jax.bench.deco
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax.decoding import generator as gen
+from wmtp_jax.decoding.adapter import ModelAdapter
+from wmtp_jax.decoding.sampling import Knobs, Sampling, sample_from, warp_probs
+from wmtp_jax.decoding.state import DecodeSpec, append_tokens
 
 
-def draft(sampling: "gen.Sampling | gen._Knobs", draft_logits_BxkxV, rng) -> dict:
+def draft(sampling: Sampling | Knobs, draft_logits_BxkxV, rng) -> dict:
   """``drafts [B, k]`` from the draft heads' logits (and ``draft_probs`` when sampling)."""
   if sampling.greedy:
     return {"drafts": jnp.argmax(draft_logits_BxkxV, -1).astype(jnp.int32)}
-  probs = gen.warp_probs(draft_logits_BxkxV, sampling)
-  return {"drafts": gen.sample_from(rng, probs), "draft_probs": probs}
+  probs = warp_probs(draft_logits_BxkxV, sampling)
+  return {"drafts": sample_from(rng, probs), "draft_probs": probs}
 
 
 def _at(x_BxTx___, index_B):
@@ -44,7 +46,7 @@ def _at(x_BxTx___, index_B):
   return jnp.take_along_axis(x_BxTx___, index, axis=1)[:, 0]
 
 
-def step(adapter: "gen.ModelAdapter", spec: "gen._Spec", params, state):
+def step(adapter: ModelAdapter, spec: DecodeSpec, params, state):
   """One verify-and-draft pass for every active row (the ``lax.while_loop`` body)."""
   k = spec.draft_heads
   batch = state["last"].shape[0]
@@ -65,7 +67,7 @@ def step(adapter: "gen.ModelAdapter", spec: "gen._Spec", params, state):
     accepted_B = jnp.sum(jnp.cumprod(agree_Bxk, axis=1), axis=1).astype(jnp.int32)
     new_BxT = verified_BxT  # g_t == d_{t+1} for t < a
   else:
-    p_BxTxV = gen.warp_probs(head0_BxTxV, knobs)
+    p_BxTxV = warp_probs(head0_BxTxV, knobs)
     q_BxkxV = state["draft_probs"]
     p_d = jnp.take_along_axis(p_BxTxV[:, :k], drafts_Bxk[..., None], -1)[..., 0]
     q_d = jnp.take_along_axis(q_BxkxV, drafts_Bxk[..., None], -1)[..., 0]
@@ -76,12 +78,11 @@ def step(adapter: "gen.ModelAdapter", spec: "gen._Spec", params, state):
     residual = jnp.maximum(p_a - q_next, 0.0)
     mass = jnp.sum(residual, -1, keepdims=True)
     residual = jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), p_a)
-    fix_B = gen.sample_from(fix_rng, residual)
+    fix_B = sample_from(fix_rng, residual)
     t = jnp.arange(k + 1)[None, :]
     padded_drafts = jnp.concatenate([drafts_Bxk, drafts_Bxk[:, :1]], axis=1)
     new_BxT = jnp.where(t < accepted_B[:, None], padded_drafts, fix_B[:, None])
-  out, n_gen, done, count = gen._finish(state, new_BxT, accepted_B + 1, active,  # pylint: disable=protected-access
-                                        spec.max_new)
+  out, n_gen, done, count = append_tokens(state, new_BxT, accepted_B + 1, active, spec.max_new)
   draft_logits_BxkxV = adapter.unembed(params, _at(hidden_BxTxhxD, accepted_B)[:, 1:])
   next_drafts = draft(knobs, draft_logits_BxkxV, draft_rng)
   keep = lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)

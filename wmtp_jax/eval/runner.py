@@ -22,6 +22,7 @@ import numpy as np
 from wmtp_jax import IGNORE_INDEX
 from wmtp_jax.config import common as config_lib
 from wmtp_jax.decoding import generator as gen
+from wmtp_jax.decoding.sampling import Sampling
 from wmtp_jax.data import jsonl
 from wmtp_jax.eval import benchmarks, passk
 
@@ -119,7 +120,7 @@ def evaluate_problems(model, params, tokenizer, problems: list[dict], *,
   decode_ids = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
   generation = generator.generate(
       params, [prompts[i] for i in rows], max_new_tokens=max_new_tokens,
-      eos_id=tokenizer.eos_token_id, sampling=gen.Sampling(temperature, top_p),
+      eos_id=tokenizer.eos_token_id, sampling=Sampling(temperature, top_p),
       batch_size=batch_size, seed=seed, pad_id=_pad_id(tokenizer), stop=stop,
       decode_fn=decode_ids if stop else None)
   completions = []
