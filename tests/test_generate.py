@@ -18,6 +18,7 @@ import pytest
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.decoding.adapter import ModelAdapter
 from wmtp_jax.decoding.sampling import Sampling, warp_probs
+from wmtp_jax.eval import benchmarks
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
@@ -224,7 +225,7 @@ def test_stop_sequences_finish_rows_on_the_host():
   # The first token comes from the prefill; the row finished at the first check (8 steps).
   assert len(got.tokens[0]) == 9
   assert got.tokens[0] == full.tokens[0][:9]
-  assert gen.truncate_at_stop(decode(got.tokens[0]), [stop]) == decode(full.tokens[0][:3])
+  assert benchmarks.truncate_at_stop(decode(got.tokens[0]), [stop]) == decode(full.tokens[0][:3])
   with pytest.raises(ValueError, match="decode_fn"):
     _generator()(params, prompts, max_new_tokens=4, eos_id=-1, stop=["x"])
   with pytest.raises(ValueError, match="draft_heads"):

@@ -15,7 +15,7 @@ cache holds ``C = P + max_new_tokens + draft_heads`` slots. Prefill and decode c
 Sampling (``wmtp_jax.decoding.sampling``): greedy (``temperature == 0``; deterministic), or
 temperature + nucleus (top-p). Stop sequences (strings) are checked on the host between chunks of
 ``stop_check_every`` decode steps; the texts are cut at the first stop sequence afterwards
-(``truncate_at_stop``).
+(``wmtp_jax.eval.benchmarks.truncate_at_stop``).
 """
 
 import contextlib
@@ -254,9 +254,3 @@ def _bucket(length: int, buckets: Sequence[int]) -> int:
                      f"{max(buckets)}")
   return min(fitting)
 
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-  """``text`` up to (excluding) the earliest occurrence of any stop sequence."""
-  cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-  return text[:cut]

@@ -185,11 +185,16 @@ def extract_code(text: str) -> str:
   return match.group(1) if match else text
 
 
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+  """``text`` up to (excluding) the earliest occurrence of any stop sequence."""
+  cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+  return text[:cut]
+
+
 def postprocess(completion: str, prompt_style: str, *, stop: Sequence[str] = ()) -> str:
   """A generated continuation cut at the first stop sequence (and, for ``alpaca``, the code
   block taken out of a fenced answer)."""
-  cut = min((i for i in (completion.find(s) for s in stop) if i >= 0), default=len(completion))
-  completion = completion[:cut]
+  completion = truncate_at_stop(completion, stop)
   if prompt_style == "alpaca" and "```" in completion:
     completion = extract_code(completion)
   return completion
