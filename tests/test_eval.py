@@ -254,6 +254,53 @@ def tiny_model():
   return model, random_params(model, seed=0)
 
 
+def _head_metrics_reference(model, params, batches):
+  """``(accuracy [n], perplexity [n])`` by a loop over the targets, in float64."""
+  sums = None
+  for batch in batches:
+    logits = np.asarray(jax.jit(model.apply)({"params": params}, batch["tokens"],
+                                             batch["attention_mask"]), np.float64)
+    n, seq = logits.shape[2], logits.shape[1]
+    sums = np.zeros((n, 3)) if sums is None else sums
+    for k, b, t in itertools.product(range(n), range(logits.shape[0]), range(seq)):
+      i = t + 1 + k  # the position head k predicts from t
+      if i >= seq or batch["labels"][b, i] == -100 or not batch["attention_mask"][b, i]:
+        continue
+      target, row = batch["labels"][b, i], logits[b, t, k]
+      logp = row - row.max() - np.log(np.sum(np.exp(row - row.max())))
+      sums[k] += [-logp[target], np.argmax(row) == target, 1]
+  return sums[:, 1] / sums[:, 2], np.exp(sums[:, 0] / sums[:, 2])
+
+
+def test_head_metrics_compile_once_and_follow_the_params(tiny_model):
+  """Params are an argument of the compiled function, not constants baked into it: a second call
+  with other values of the same shapes reuses the compilation and gives their metrics."""
+  from test_generate import random_params  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.eval import runner
+  model, params = tiny_model
+  rng = np.random.default_rng(0)
+  batches = []
+  for _ in range(2):
+    tokens = rng.integers(3, model.cfg.vocab_size, (2, 24)).astype(np.int32)
+    labels = np.where(np.arange(24)[None, :] < 6, -100, tokens).astype(np.int32)
+    mask = np.ones_like(tokens)
+    mask[1, 18:] = 0
+    batches.append({"tokens": tokens, "labels": labels, "attention_mask": mask})
+  compiled = runner._head_sums._cache_size()  # pylint: disable=protected-access
+  first = runner.head_metrics(model, params, batches)
+  assert runner._head_sums._cache_size() == compiled + 1  # pylint: disable=protected-access
+  other = random_params(model, seed=7)
+  second = runner.head_metrics(model, other, batches)
+  assert runner._head_sums._cache_size() == compiled + 1  # pylint: disable=protected-access
+  assert np.all(first["perplexity"] != second["perplexity"])
+  for p, got in ((params, first), (other, second)):
+    accuracy, perplexity = _head_metrics_reference(model, p, batches)
+    np.testing.assert_array_equal(got["accuracy"], accuracy)
+    np.testing.assert_allclose(got["perplexity"], perplexity, rtol=1e-5)
+    # Every head sees labels 6 … 23 of row 0 and 6 … 17 of row 1 (padded), in both batches.
+    np.testing.assert_array_equal(got["targets"], [2 * (18 + 12)] * model.cfg.n_future_tokens)
+
+
 def test_evaluate_problems_on_the_synthetic_task(synthetic_dir, tiny_model):
   from wmtp_jax.data import jsonl, tokenizer
   tok = tokenizer.load_tokenizer(synthetic_dir / "tokenizer")

@@ -7,6 +7,7 @@ training); ``run(config, workdir)`` is the ``evaluate`` pipeline of ``wmtp_jax.m
 ``summary.json`` and tensorboard scalars into ``workdir``, and prints a table.
 """
 
+import functools
 import json
 import logging
 import pathlib
@@ -162,37 +163,43 @@ def head_metrics(model, params, batches) -> dict[str, np.ndarray]:
   """Per-head next-token accuracy and perplexity on validation batches (``tokens``, ``labels``,
   ``attention_mask`` as from ``template.collate``; DESIGN §2 indexing: head ``k`` at position
   ``t`` predicts ``labels[t + 1 + k]``). Returns ``accuracy [n]``, ``perplexity [n]``,
-  ``targets [n]`` (valid targets counted)."""
+  ``targets [n]`` (valid targets counted). Compiles once per model, logical-axis rules and batch
+  shape: repeated calls (every N training steps) with new params reuse it."""
   params = nn.meta.unbox(params)
-
-  @jax.jit
-  def sums(tokens, labels, attention_mask):
-    logits = model.apply({"params": params}, tokens, attention_mask)
-    if logits.ndim == 3:
-      logits = logits[:, :, None]
-    n, seq = logits.shape[2], tokens.shape[1]
-    out = []
-    for k in range(n):
-      target = labels[:, 1 + k:]
-      valid = (target != IGNORE_INDEX) & (attention_mask[:, 1 + k:] > 0)
-      head = logits[:, :seq - 1 - k, k].astype(jnp.float32)
-      safe = jnp.where(valid, target, 0)
-      logp = jax.nn.log_softmax(head, -1)
-      nll = -jnp.take_along_axis(logp, safe[..., None], -1)[..., 0]
-      correct = jnp.argmax(head, -1) == safe
-      out.append(jnp.stack([jnp.sum(nll * valid), jnp.sum(correct * valid), jnp.sum(valid)]))
-    return jnp.stack(out)
-
+  rules = tuple(nn.get_logical_axis_rules())
   total = None
   for batch in batches:
-    s = np.asarray(sums(jnp.asarray(batch["tokens"]), jnp.asarray(batch["labels"]),
-                        jnp.asarray(batch["attention_mask"])), np.float64)
+    s = np.asarray(_head_sums(model, rules, params, jnp.asarray(batch["tokens"]),
+                              jnp.asarray(batch["labels"]), jnp.asarray(batch["attention_mask"])),
+                   np.float64)
     total = s if total is None else total + s
   if total is None:
     raise ValueError("head_metrics: no validation batch")
   count = np.maximum(total[:, 2], 1)
   return {"accuracy": total[:, 1] / count, "perplexity": np.exp(total[:, 0] / count),
           "targets": total[:, 2]}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "rules"))
+def _head_sums(model, rules, params, tokens_BxS, labels_BxS, attention_mask_BxS):
+  """``[n, 3]``: per head the summed NLL, the correct argmax predictions and the valid targets of
+  one batch. ``params`` is traced (not a constant of the compiled function)."""
+  with nn.logical_axis_rules(rules):
+    logits = model.apply({"params": params}, tokens_BxS, attention_mask_BxS)
+  logits_BxSxnxV = logits[:, :, None] if logits.ndim == 3 else logits
+  n, seq = logits_BxSxnxV.shape[2], tokens_BxS.shape[1]
+  out = []
+  for k in range(n):
+    target_BxS = labels_BxS[:, 1 + k:]
+    valid_BxS = (target_BxS != IGNORE_INDEX) & (attention_mask_BxS[:, 1 + k:] > 0)
+    head_BxSxV = logits_BxSxnxV[:, :seq - 1 - k, k].astype(jnp.float32)
+    safe_BxS = jnp.where(valid_BxS, target_BxS, 0)
+    logp_BxSxV = jax.nn.log_softmax(head_BxSxV, -1)
+    nll_BxS = -jnp.take_along_axis(logp_BxSxV, safe_BxS[..., None], -1)[..., 0]
+    correct_BxS = jnp.argmax(head_BxSxV, -1) == safe_BxS
+    out.append(jnp.stack([jnp.sum(nll_BxS * valid_BxS), jnp.sum(correct_BxS * valid_BxS),
+                          jnp.sum(valid_BxS)]))
+  return jnp.stack(out)
 
 
 # ----------------------------------------------------------------------------------- the pipeline
