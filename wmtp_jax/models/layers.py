@@ -1,15 +1,15 @@
 """The LLaMA building blocks shared by the MTP policy, the value model and the reference model.
 
-Einsum letter legend used in names: B batch, S sequence (length), D model dim (``embed``),
-N query heads, K key/value heads, H head dim, F feed-forward hidden dim (``mlp``), V vocab.
+Array names and docstring shapes use the shape legend of the package docstring (``wmtp_jax``).
 
 Every parameter carries logical axis names (``nn.with_logical_partitioning``) and the main
 activations are constrained with ``nn.with_logical_constraint``; a mesh and a set of rules map
 those names onto devices (``flax.linen.logical_axis_rules``). Without rules they are no-ops.
 
 RoPE layout: **rotate-half** (Hugging Face): dimension ``i`` of a head is paired with ``i + H/2``.
-Meta's checkpoints pair adjacent dimensions ``(2i, 2i+1)``; ``wmtp_jax.checkpoints.layouts`` permutes the rows of
-Meta's ``wq``/``wk`` on conversion so the two give identical attention scores (DESIGN §4).
+Meta's checkpoints pair adjacent dimensions ``(2i, 2i+1)``; ``wmtp_jax.checkpoints.layouts``
+permutes the rows of Meta's ``wq``/``wk`` on conversion so the two give identical attention scores
+(DESIGN §4).
 """
 
 import dataclasses
@@ -48,7 +48,8 @@ class BlockConfig:
 
 
 def meta_ffn_hidden(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
-  """Meta's SwiGLU hidden size: ``multiple_of * ceil(mult * int(2 * 4 * dim / 3) / multiple_of)``."""
+  """Meta's SwiGLU hidden size:
+  ``multiple_of * ceil(mult * int(2 * 4 * dim / 3) / multiple_of)``."""
   hidden = int(2 * 4 * dim / 3)
   if ffn_dim_multiplier is not None:
     hidden = int(ffn_dim_multiplier * hidden)
@@ -81,13 +82,13 @@ def rope_cos_sin(positions_BxS, head_dim: int, theta: float):
   return jnp.cos(angles_BxSxH), jnp.sin(angles_BxSxH)
 
 
-def apply_rope(x_BxSxNxH, cos_BxSxH, sin_BxSxH):
+def apply_rope(x_BxSxQxH, cos_BxSxH, sin_BxSxH):
   """Rotate-half RoPE: ``x * cos + rotate_half(x) * sin``, computed in fp32, cast back."""
-  x = x_BxSxNxH.astype(jnp.float32)
+  x = x_BxSxQxH.astype(jnp.float32)
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
   out = x * cos_BxSxH[:, :, None, :] + rotated * sin_BxSxH[:, :, None, :]
-  return out.astype(x_BxSxNxH.dtype)
+  return out.astype(x_BxSxQxH.dtype)
 
 
 class Projection(nn.Module):
@@ -116,13 +117,13 @@ class Projection(nn.Module):
 class Attention(nn.Module):
   """Causal grouped-query attention with a key padding mask, and an optional KV cache.
 
-  Kernels: ``wq [D, N, H]``, ``wk, wv [D, K, H]``, ``wo [N, H, D]`` (no biases). The attention itself
-  is ``jax.nn.dot_product_attention`` so GPUs get the fused cuDNN kernel.
+  Kernels: ``wq [D, Q, H]``, ``wk, wv [D, K, H]``, ``wo [Q, H, D]`` (no biases). The attention
+  itself is ``jax.nn.dot_product_attention`` so GPUs get the fused cuDNN kernel.
 
-  **KV-cache mode** (``cache_index_B`` given; generation, ``wmtp_jax.decoding.generator``): the ``T`` input
+  **KV-cache mode** (``cache_index_B`` given; generation, ``wmtp_jax.decoding``): the ``T`` input
   tokens of row ``b`` occupy cache slots ``cache_index_B[b] … cache_index_B[b] + T − 1`` of the
-  ``cache`` collection variables ``cached_key`` / ``cached_value`` ``[B, C, K, H]`` (``C`` = the cache
-  length; the variables are created by a call that initialises the ``cache`` collection, with
+  ``cache`` collection variables ``cached_key`` / ``cached_value`` ``[B, C, K, H]`` (``C`` = the
+  cache length; the variables are created by a call that initialises the ``cache`` collection, with
   ``C`` = that call's ``T``). Their keys and values are written there (the collection must be
   mutable) and the queries attend to every slot ``j ≤`` their own slot, further restricted by
   ``attention_mask_BxS`` (then ``[B, C]``) when given. Slots past a row's own are never read, so
@@ -136,13 +137,14 @@ class Attention(nn.Module):
     dense = lambda feats, axis, names, name: Projection(
         feats, n_in=len(axis) if isinstance(axis, tuple) else 1, names=names, dtype=cfg.dtype,
         param_dtype=cfg.param_dtype, name=name)
-    q_BxSxNxH = dense((cfg.n_heads, cfg.head_dim), -1, ("embed", "heads", "head_dim"), "wq")(x_BxSxD)
+    q_BxSxQxH = dense((cfg.n_heads, cfg.head_dim), -1, ("embed", "heads", "head_dim"),
+                      "wq")(x_BxSxD)
     k_BxSxKxH = dense((cfg.n_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"),
                       "wk")(x_BxSxD)
     v_BxSxKxH = dense((cfg.n_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"),
                       "wv")(x_BxSxD)
-    q_BxSxNxH = nn.with_logical_constraint(
-        apply_rope(q_BxSxNxH, cos_BxSxH, sin_BxSxH), ("batch", "length", "heads", "head_dim"))
+    q_BxSxQxH = nn.with_logical_constraint(
+        apply_rope(q_BxSxQxH, cos_BxSxH, sin_BxSxH), ("batch", "length", "heads", "head_dim"))
     k_BxSxKxH = nn.with_logical_constraint(
         apply_rope(k_BxSxKxH, cos_BxSxH, sin_BxSxH), ("batch", "length", "kv_heads", "head_dim"))
     v_BxSxKxH = nn.with_logical_constraint(v_BxSxKxH, ("batch", "length", "kv_heads", "head_dim"))
@@ -154,10 +156,10 @@ class Attention(nn.Module):
       k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS = self._update_cache(
           k_BxSxKxH, v_BxSxKxH, cache_index_B, attention_mask_BxS)
       is_causal = False
-    out_BxSxNxH = jax.nn.dot_product_attention(
-        q_BxSxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS, is_causal=is_causal)
-    out_BxSxNxH = nn.with_logical_constraint(out_BxSxNxH, ("batch", "length", "heads", "head_dim"))
-    return dense(cfg.dim, (-2, -1), ("heads", "head_dim", "embed"), "wo")(out_BxSxNxH)
+    out_BxSxQxH = jax.nn.dot_product_attention(
+        q_BxSxQxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS, is_causal=is_causal)
+    out_BxSxQxH = nn.with_logical_constraint(out_BxSxQxH, ("batch", "length", "heads", "head_dim"))
+    return dense(cfg.dim, (-2, -1), ("heads", "head_dim", "embed"), "wo")(out_BxSxQxH)
 
   def _update_cache(self, k_BxTxKxH, v_BxTxKxH, cache_index_B, key_mask_BxC):
     """Writes the new keys/values at each row's slots; returns the whole cache and the mask
@@ -180,7 +182,8 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-  """SwiGLU ``w2(silu(w1 x) * w3 x)``: ``w1`` gate and ``w3`` up ``[D, F]``, ``w2`` down ``[F, D]``."""
+  """SwiGLU ``w2(silu(w1 x) * w3 x)``: ``w1`` gate and ``w3`` up ``[D, F]``, ``w2`` down
+  ``[F, D]``."""
   cfg: BlockConfig
 
   @nn.compact
@@ -232,25 +235,52 @@ def block_class(remat: str, *, prevent_cse: bool = True) -> type[nn.Module]:
   return nn.remat(Block, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse)
 
 
+def prepare_inputs(tokens_BxS, attention_mask_BxS, positions_BxS, cache_index_B,
+                   cfg: BlockConfig):
+  """The block inputs besides the embeddings: ``(attention_mask_BxS, cos_BxSxH, sin_BxSxH)``.
+
+  Defaults: the mask is all ones (``None`` in KV-cache mode: every slot up to a row's own is
+  visible, see ``Attention``); the positions are ``0 … S−1`` for every row (rows are right padded,
+  so this is exact), in KV-cache mode the cache slots ``cache_index_B[b] + 0 … S−1``. ``cos``,
+  ``sin``: ``rope_cos_sin`` of the positions.
+  """
+  if attention_mask_BxS is None and cache_index_B is None:
+    attention_mask_BxS = jnp.ones(tokens_BxS.shape, jnp.int32)
+  if positions_BxS is None:
+    positions_BxS = jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1]), tokens_BxS.shape)
+    if cache_index_B is not None:
+      positions_BxS = positions_BxS + jnp.asarray(cache_index_B, positions_BxS.dtype)[:, None]
+  cos_BxSxH, sin_BxSxH = rope_cos_sin(positions_BxS, cfg.head_dim, cfg.rope_theta)
+  return attention_mask_BxS, cos_BxSxH, sin_BxSxH
+
+
 def _scan_body(block, x_BxSxD, *broadcast):
   return block(x_BxSxD, *broadcast), None
 
 
-def scanned_blocks(x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B=None, *,
-                   cfg: BlockConfig, remat: str, n_blocks: int, name: str):
-  """``n_blocks`` chained blocks (``block_class(remat)``) run as one ``flax.linen.scan`` loop:
-  XLA compiles one block instead of ``n_blocks``. Call from a compact method; returns ``[B, S, D]``.
+def run_blocks(x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B=None, *,
+               cfg: BlockConfig, remat: str, scan: bool, n_blocks: int, name: str):
+  """``n_blocks`` chained blocks (``block_class(remat)``), the trunk of every model. Call from a
+  compact method; returns ``[B, S, D]``. ``cache_index_B``: KV-cache mode (see ``Attention``).
 
-  The blocks' parameters form one subtree ``name`` whose leaves carry a leading ``layers`` axis
-  ``[n_blocks, …]`` (``wmtp_jax.models.scan_layout`` converts to and from the per-layer layout); the
-  KV-cache variables likewise ``[n_blocks, B, C, K, H]``. Computes what the unrolled blocks do
-  (up to the fp32 summation order); a fresh init draws other random values than theirs.
+  Unrolled, the blocks are the submodules ``{name}_0 … {name}_{n_blocks−1}``. With ``scan`` (and
+  ``n_blocks > 0``) they run as one ``flax.linen.scan`` loop, so that XLA compiles one block
+  instead of ``n_blocks``: their parameters form one subtree ``name`` whose leaves carry a leading
+  ``layers`` axis ``[L, …]`` (``wmtp_jax.models.scan_layout`` converts to and from the per-layer
+  layout), the KV-cache variables likewise ``[L, B, C, K, H]``. The scan computes what the
+  unrolled blocks do (up to the fp32 summation order); a fresh init draws other random values.
   """
-  scan = nn.scan(_scan_body, variable_axes={"params": 0, "cache": 0},
+  if not (scan and n_blocks):
+    block_cls = block_class(remat)
+    for i in range(n_blocks):
+      x_BxSxD = block_cls(cfg, name=f"{name}_{i}")(x_BxSxD, cos_BxSxH, sin_BxSxH,
+                                                    attention_mask_BxS, cache_index_B)
+    return x_BxSxD
+  loop = nn.scan(_scan_body, variable_axes={"params": 0, "cache": 0},
                  split_rngs={"params": True}, in_axes=nn.broadcast, length=n_blocks,
                  metadata_params={nn.PARTITION_NAME: "layers"})
   block = block_class(remat, prevent_cse=False)(cfg, name=name)
-  out_BxSxD, _ = scan(block, x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B)
+  out_BxSxD, _ = loop(block, x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B)
   return out_BxSxD
 
 
@@ -270,7 +300,8 @@ class Embed(nn.Module):
 
 
 class Unembed(nn.Module):
-  """Untied output projection ``[D, V]`` (Flax kernel layout; a torch ``output.weight`` is ``[V, D]``)."""
+  """Untied output projection ``[D, V]`` (Flax kernel layout; a torch ``output.weight`` is
+  ``[V, D]``)."""
   vocab_size: int
   dtype: str
   param_dtype: str
@@ -281,11 +312,3 @@ class Unembed(nn.Module):
                             (h_BxSx___xD.shape[-1], self.vocab_size), self.param_dtype)
     return jnp.einsum("...d,dv->...v", h_BxSx___xD, kernel_DxV.astype(self.dtype))
 
-
-def default_positions(tokens_BxS, cache_index_B=None):
-  """Positions ``0 … S−1`` for every row (rows are right padded, so this is exact); in KV-cache
-  mode the cache slots ``cache_index_B[b] + 0 … S−1``."""
-  positions_BxS = jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1]), tokens_BxS.shape)
-  if cache_index_B is None:
-    return positions_BxS
-  return positions_BxS + jnp.asarray(cache_index_B, positions_BxS.dtype)[:, None]

@@ -1,8 +1,8 @@
 """Plain LLaMA (Hugging Face-style config): the reference model and the value (critic) model.
 
-Parameter tree (Flax names; ``wmtp_jax.checkpoints.layouts`` maps a HF ``LlamaForCausalLM`` state dict onto it):
-``model/embed_tokens/embedding [V, D]``, ``model/layers_{i}/…`` (``layers.Block``; with
-``scan_layers`` one ``model/layers/…`` ``[num_hidden_layers, …]``),
+Parameter tree (Flax names; ``wmtp_jax.checkpoints.layouts`` maps a HF ``LlamaForCausalLM``
+state dict onto it): ``model/embed_tokens/embedding [V, D]``, ``model/layers_{i}/…``
+(``layers.Block``; with ``scan_layers`` one ``model/layers/…`` ``[num_hidden_layers, …]``),
 ``model/norm/weight [D]``, and ``lm_head/kernel [D, V]`` (``LlamaForCausalLM``) or
 ``value_head/…`` (``ValueModel``).
 
@@ -46,7 +46,7 @@ class LlamaConfig:
   value_head_dropout: float = 0.1
   value_head_bias_init: float = 0.0
   remat: str = "none"  # rematerialisation of the blocks (``layers.block_class``)
-  scan_layers: bool = False  # blocks as one ``nn.scan`` loop (``layers.scanned_blocks``), as in MTP
+  scan_layers: bool = False  # blocks as one ``nn.scan`` loop (``layers.run_blocks``), as in MTP
 
   def __post_init__(self):
     layers.block_class(self.remat)  # validates the name
@@ -102,27 +102,19 @@ class LlamaModel(nn.Module):
                cache_index_B=None):
     """``cache_index_B``: KV-cache mode, as in ``MTPTransformer``."""
     cfg, block = self.cfg, self.cfg.block
-    if attention_mask_BxS is None and cache_index_B is None:
-      attention_mask_BxS = jnp.ones(tokens_BxS.shape, jnp.int32)
-    if positions_BxS is None:
-      positions_BxS = layers.default_positions(tokens_BxS, cache_index_B)
-    cos, sin = layers.rope_cos_sin(positions_BxS, block.head_dim, cfg.rope_theta)
+    attention_mask_BxS, cos_BxSxH, sin_BxSxH = layers.prepare_inputs(
+        tokens_BxS, attention_mask_BxS, positions_BxS, cache_index_B, block)
     x_BxSxD = layers.Embed(cfg.vocab_size, cfg.hidden_size, cfg.dtype, cfg.param_dtype,
                            name="embed_tokens")(tokens_BxS)
-    if cfg.scan_layers:
-      x_BxSxD = layers.scanned_blocks(x_BxSxD, cos, sin, attention_mask_BxS, cache_index_B,
-                                      cfg=block, remat=cfg.remat,
-                                      n_blocks=cfg.num_hidden_layers, name="layers")
-    else:
-      block_cls = layers.block_class(cfg.remat)
-      for i in range(cfg.num_hidden_layers):
-        x_BxSxD = block_cls(block, name=f"layers_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
-                                                            cache_index_B)
+    x_BxSxD = layers.run_blocks(x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B,
+                                cfg=block, remat=cfg.remat, scan=cfg.scan_layers,
+                                n_blocks=cfg.num_hidden_layers, name="layers")
     return layers.RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name="norm")(x_BxSxD)
 
 
 class LlamaForCausalLM(nn.Module):
-  """Next-token LLaMA (the Rho-1 reference model): logits ``[B, S, V]``, ``logits[:, t]`` → ``x_{t+1}``."""
+  """Next-token LLaMA (the Rho-1 reference model): logits ``[B, S, V]``, ``logits[:, t]`` →
+  ``x_{t+1}``."""
   cfg: LlamaConfig
 
   @nn.compact

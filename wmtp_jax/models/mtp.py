@@ -1,20 +1,23 @@
 """Meta's multi-token prediction transformer (``7B_1T_4``) in Flax, with Meta's exact wiring.
 
-``n_layers`` counts trunk blocks plus one head block:
+``n_layers`` counts the trunk blocks plus all ``n_future`` head blocks
+(``n_trunk_layers = n_layers − n_future``; ``7B_1T_4``: 28 + 4 = 32):
 
     trunk  = blocks 0 … n_layers − n_future − 1           (Meta: ``layers[:-1]``)
     head 0 = the next-token head block                      (Meta: ``layers[-1]``)
     head k = head block k, k = 1 … n_future − 1             (Meta: ``extra_heads[k-1]``)
 
+so Meta's ``layers`` holds ``n_layers − n_future + 1`` blocks and ``extra_heads`` ``n_future − 1``.
+
 Every head block reads the **same** trunk output (parallel, not chained); the head outputs are
 stacked on axis −2, pass through **one shared** final RMSNorm and **one shared** untied output
 projection: ``logits[b, t, k]`` (``[B, S, n, V]``) predicts ``x_{t+1+k}``.
 
-Parameter tree (Flax names; ``wmtp_jax.checkpoints.layouts`` maps Meta's state dict onto it):
-``tok_embeddings/embedding [V, D]``, ``trunk_{i}/…`` (with ``scan_layers``: one ``trunk/…``
-``[n_trunk_layers, …]``), ``head_{k}/…`` (``layers.Block``),
-``norm/weight [D]``, ``output/kernel [D, V]``, and with ``value_head`` set ``value_head/…``
-(``llama.ValueHead`` on the final-normed trunk output: the shared-head WMTP variant, DESIGN §3).
+Parameter tree (Flax names; ``wmtp_jax.checkpoints.layouts`` maps Meta's state dict onto
+it): ``tok_embeddings/embedding [V, D]``, ``trunk_{i}/…`` (with ``scan_layers``: one
+``trunk/…`` ``[n_trunk_layers, …]``), ``head_{k}/…`` (``layers.Block``), ``norm/weight [D]``,
+``output/kernel [D, V]``, and with ``value_head`` set ``value_head/…`` (``llama.ValueHead`` on
+the final-normed trunk output: the shared-head WMTP variant, DESIGN §3).
 """
 
 import dataclasses
@@ -35,7 +38,7 @@ class MTPConfig:
 
   ``max_seq_len`` is not in Meta's file; 2048 is the usual default. ``remat``: rematerialisation
   of the blocks in the backward pass (``layers.block_class``), a memory lever of training.
-  ``scan_layers``: run the trunk blocks as one ``nn.scan`` loop (``layers.scanned_blocks``; the
+  ``scan_layers``: run the trunk blocks as one ``nn.scan`` loop (``layers.run_blocks``; the
   heads stay separate blocks), which bounds compile time in the depth; the trunk params are then
   one subtree ``trunk/…`` ``[n_trunk_layers, …]`` instead of ``trunk_{i}/…`` (checkpoints on disk
   keep the per-layer layout, ``wmtp_jax.models.scan_layout``). Outputs are the same.
@@ -102,7 +105,7 @@ class MTPTransformer(nn.Module):
     Args:
       tokens_BxS: int token ids ``[B, S]``.
       attention_mask_BxS: 1 for real tokens, 0 for (right) padding; default all ones.
-      positions_BxS: RoPE positions; default ``0 … S−1``.
+      positions_BxS: RoPE positions ``[B, S]``; default ``0 … S−1``.
       heads: run only the first ``heads`` heads (``1`` = next-token only); default all.
       return_hidden: return the final-normed per-head hidden states ``[B, S, n, D]`` instead of
         logits (for the memory-efficient loss, which multiplies by ``output/kernel`` blockwise).
@@ -115,8 +118,8 @@ class MTPTransformer(nn.Module):
         of each row's first token. ``tokens_BxS`` are then new tokens written into the ``cache``
         collection (apply with ``mutable=["cache"]``) of every block that runs (the trunk and the
         first ``heads`` heads), ``attention_mask_BxS`` is an optional key mask over the cache slots
-        and ``positions_BxS`` default to the slots. ``wmtp_jax.decoding.generator.init_cache`` builds the
-        cache.
+        and ``positions_BxS`` default to the slots (``layers.prepare_inputs``).
+        ``wmtp_jax.decoding`` builds the cache.
 
     Returns:
       ``logits [B, S, n, V]`` (or hidden ``[B, S, n, D]``), and with ``return_trunk_hidden`` a pair
@@ -130,35 +133,26 @@ class MTPTransformer(nn.Module):
     n = cfg.n_future_tokens if heads is None else heads
     if not 1 <= n <= cfg.n_future_tokens:
       raise ValueError(f"heads={heads} must be in [1, n_future_tokens={cfg.n_future_tokens}]")
-    if attention_mask_BxS is None and cache_index_B is None:
-      attention_mask_BxS = jnp.ones(tokens_BxS.shape, jnp.int32)
-    if positions_BxS is None:
-      positions_BxS = layers.default_positions(tokens_BxS, cache_index_B)
-    cos, sin = layers.rope_cos_sin(positions_BxS, block.head_dim, cfg.rope_theta)
-
+    attention_mask_BxS, cos_BxSxH, sin_BxSxH = layers.prepare_inputs(
+        tokens_BxS, attention_mask_BxS, positions_BxS, cache_index_B, block)
     x_BxSxD = layers.Embed(cfg.vocab_size, cfg.dim, cfg.dtype, cfg.param_dtype,
                            name="tok_embeddings")(tokens_BxS)
+    x_BxSxD = layers.run_blocks(x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS, cache_index_B,
+                                cfg=block, remat=cfg.remat, scan=cfg.scan_layers,
+                                n_blocks=cfg.n_trunk_layers, name="trunk")
     block_cls = layers.block_class(cfg.remat)
-    if cfg.scan_layers and cfg.n_trunk_layers:
-      x_BxSxD = layers.scanned_blocks(x_BxSxD, cos, sin, attention_mask_BxS, cache_index_B,
-                                      cfg=block, remat=cfg.remat, n_blocks=cfg.n_trunk_layers,
-                                      name="trunk")
-    else:
-      for i in range(cfg.n_trunk_layers):
-        x_BxSxD = block_cls(block, name=f"trunk_{i}")(x_BxSxD, cos, sin, attention_mask_BxS,
-                                                          cache_index_B)
-    heads_BxSxNxD = jnp.stack(
-        [block_cls(block, name=f"head_{k}")(x_BxSxD, cos, sin, attention_mask_BxS,
-                                                cache_index_B)
+    heads_BxSxnxD = jnp.stack(
+        [block_cls(block, name=f"head_{k}")(x_BxSxD, cos_BxSxH, sin_BxSxH, attention_mask_BxS,
+                                            cache_index_B)
          for k in range(n)], axis=-2)
     norm = layers.RMSNorm(cfg.norm_eps, cfg.param_dtype, name="norm")
-    hidden_BxSxNxD = nn.with_logical_constraint(
-        norm(heads_BxSxNxD), ("batch", "length", "future", "embed"))
+    hidden_BxSxnxD = nn.with_logical_constraint(
+        norm(heads_BxSxnxD), ("batch", "length", "future", "embed"))
     if return_hidden:
-      out = hidden_BxSxNxD
+      out = hidden_BxSxnxD
     else:
       out = nn.with_logical_constraint(
-          layers.Unembed(cfg.vocab_size, cfg.dtype, cfg.param_dtype, name="output")(hidden_BxSxNxD),
+          layers.Unembed(cfg.vocab_size, cfg.dtype, cfg.param_dtype, name="output")(hidden_BxSxnxD),
           ("batch", "length", "future", "vocab"))
     if return_values and not cfg.value_head:
       raise ValueError("return_values=True needs a model with a value head (cfg.value_head)")

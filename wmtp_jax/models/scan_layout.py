@@ -1,6 +1,6 @@
 """The scanned parameter layout (``scan_layers=True``) and the per-layer layout on disk.
 
-A scanned model (``MTPConfig.scan_layers``, ``LlamaConfig.scan_layers``; ``layers.scanned_blocks``)
+A scanned model (``MTPConfig.scan_layers``, ``LlamaConfig.scan_layers``; ``layers.run_blocks``)
 holds its repeated blocks as one subtree whose leaves carry a leading ``layers`` axis ``[L, …]``:
 
     per-layer (unscanned, on disk)              scanned

@@ -1,4 +1,5 @@
-"""Strict construction of the model config dataclasses: an unknown key is an error, never ignored."""
+"""Strict construction of the model config dataclasses: an unknown key is an error, never
+ignored."""
 
 import dataclasses
 from typing import Any
