@@ -71,13 +71,13 @@ class RMSNorm(nn.Module):
                         self.param_dtype)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return normed.astype(x.dtype) * weight.astype(x.dtype)
+    return normed.astype(x.dtype) * weight.astype(x.dtype)[(None,) * (x.ndim - 1)]
 
 
 def rope_cos_sin(positions_BxS, head_dim: int, theta: float):
   """``cos, sin`` of shape ``[B, S, H]`` (fp32) in the rotate-half layout (halves repeated)."""
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-  angles_BxSxHhalf = positions_BxS.astype(jnp.float32)[..., None] * inv_freq
+  angles_BxSxHhalf = positions_BxS.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
   angles_BxSxH = jnp.concatenate([angles_BxSxHhalf, angles_BxSxHhalf], axis=-1)
   return jnp.cos(angles_BxSxH), jnp.sin(angles_BxSxH)
 
@@ -174,7 +174,7 @@ class Attention(nn.Module):
     cached_v.value = nn.with_logical_constraint(
         write(cached_v.value, v_BxTxKxH.astype(cached_v.value.dtype), start_B), names)
     n_slots, n_new = cached_k.value.shape[1], k_BxTxKxH.shape[1]
-    query_slot_BxT = start_B[:, None] + jnp.arange(n_new, dtype=jnp.int32)
+    query_slot_BxT = start_B[:, None] + jnp.arange(n_new, dtype=jnp.int32)[None, :]
     mask_BxTxC = jnp.arange(n_slots, dtype=jnp.int32)[None, None, :] <= query_slot_BxT[:, :, None]
     if key_mask_BxC is not None:
       mask_BxTxC &= key_mask_BxC.astype(bool)[:, None, :]
