@@ -5,9 +5,11 @@ the torch shape, and a ``kind`` saying how the tensor is re-laid out:
 
   ``copy``         embeddings ``[V, D]`` and norm weights ``[D]``, unchanged
   ``linear``       torch Linear ``[out, in]`` → Flax kernel ``[in, out]``
-  ``q`` / ``kv``   ``[N·H, D]`` → ``[D, N, H]`` (query) / ``[D, K, H]`` (key, value)
+  ``q`` / ``kv``   ``[Q·H, D]`` → ``[D, Q, H]`` (query) / ``[K·H, D]`` → ``[D, K, H]`` (key, value)
   ``q_meta`` / ``k_meta``  the same after the RoPE permutation below
-  ``o``            ``[D, N·H]`` → ``[N, H, D]``
+  ``o``            ``[D, Q·H]`` → ``[Q, H, D]``
+
+(shape letters: the legend of the package docstring, ``wmtp_jax``).
 
 ``to_flax`` applies a kind, ``from_flax`` (beside it) is its exact inverse; ``tensors_to_flax`` and
 ``flax_to_tensors`` stream whole checkpoints through them one tensor at a time.
@@ -16,14 +18,15 @@ Entry tables: ``meta_entries`` (Meta's MTP ``consolidated.pth``, read and writte
 (a HF ``LlamaForCausalLM``, read and written) and ``mtp_hf_entries`` (an MTP model written as a HF
 ``LlamaForCausalLM`` of the next-token path plus a separate table of the extra heads).
 
-**RoPE layout** (DESIGN §4): our attention uses rotate-half (dimension ``i`` paired with ``i + H/2``,
-as in HF). Meta pairs adjacent dimensions ``(2i, 2i+1)``, so Meta's ``wq``/``wk`` rows are permuted
-per head with ``interleaved_to_rotate_half`` on the way in (and back on the way out). HF checkpoints
-are already rotate-half. Both layouts give identical attention scores.
+**RoPE layout** (DESIGN §4): our attention uses rotate-half (dimension ``i`` paired with
+``i + H/2``, as in HF). Meta pairs adjacent dimensions ``(2i, 2i+1)``, so Meta's ``wq``/``wk`` rows
+are permuted per head with ``interleaved_to_rotate_half`` on the way in (and back on the way out).
+HF checkpoints are already rotate-half. Both layouts give identical attention scores.
 
 Loading is strict: a missing, unexpected or wrongly shaped key is an error listing the names;
-``*.rotary_emb.inv_freq`` buffers (older HF checkpoints) are skipped on purpose. ``check_shapes`` is
-the one strict name → shape comparison (also used for Flax trees by ``wmtp_jax.checkpoints.pretrained``).
+``*.rotary_emb.inv_freq`` buffers (older HF checkpoints) are skipped on purpose. ``check_shapes``
+is the one strict name → shape comparison (also used for Flax trees by
+``wmtp_jax.checkpoints.pretrained``).
 """
 
 import dataclasses
@@ -86,9 +89,12 @@ _META_BLOCK = {
     "attention_norm/weight": "attention_norm.weight", "ffn_norm/weight": "ffn_norm.weight",
 }
 _HF_BLOCK = {
-    "attention/wq/kernel": "self_attn.q_proj.weight", "attention/wk/kernel": "self_attn.k_proj.weight",
-    "attention/wv/kernel": "self_attn.v_proj.weight", "attention/wo/kernel": "self_attn.o_proj.weight",
-    "feed_forward/w1/kernel": "mlp.gate_proj.weight", "feed_forward/w3/kernel": "mlp.up_proj.weight",
+    "attention/wq/kernel": "self_attn.q_proj.weight",
+    "attention/wk/kernel": "self_attn.k_proj.weight",
+    "attention/wv/kernel": "self_attn.v_proj.weight",
+    "attention/wo/kernel": "self_attn.o_proj.weight",
+    "feed_forward/w1/kernel": "mlp.gate_proj.weight",
+    "feed_forward/w3/kernel": "mlp.up_proj.weight",
     "feed_forward/w2/kernel": "mlp.down_proj.weight",
     "attention_norm/weight": "input_layernorm.weight",
     "ffn_norm/weight": "post_attention_layernorm.weight",
@@ -119,7 +125,8 @@ def meta_entries(cfg: MTPConfig) -> dict[str, Entry]:
 def hf_entries(cfg: LlamaConfig, *, lm_head: bool = True) -> dict[str, Entry]:
   """Entries of a HF ``LlamaForCausalLM`` state dict under our ``model/…`` (+ ``lm_head``) tree."""
   b, v, d = cfg.block, cfg.vocab_size, cfg.hidden_size
-  entries = {"model.embed_tokens.weight": Entry(("model", "embed_tokens", "embedding"), "copy", (v, d)),
+  entries = {"model.embed_tokens.weight": Entry(("model", "embed_tokens", "embedding"), "copy",
+                                                (v, d)),
              "model.norm.weight": Entry(("model", "norm", "weight"), "copy", (d,))}
   if lm_head:
     entries["lm_head.weight"] = Entry(("lm_head", "kernel"), "linear", (v, d))
@@ -161,7 +168,8 @@ def to_flax(entry: Entry, w: np.ndarray, b: BlockConfig) -> np.ndarray:
     case "q" | "kv":
       return w.T.reshape(w.shape[1], w.shape[0] // h, h)
     case "q_meta":
-      return to_flax(Entry(entry.path, "q", entry.shape), interleaved_to_rotate_half(w, b.n_heads), b)
+      return to_flax(Entry(entry.path, "q", entry.shape), interleaved_to_rotate_half(w, b.n_heads),
+                     b)
     case "k_meta":
       return to_flax(Entry(entry.path, "kv", entry.shape),
                      interleaved_to_rotate_half(w, b.n_kv_heads), b)
@@ -177,7 +185,7 @@ def from_flax(entry: Entry, w: np.ndarray, b: BlockConfig) -> np.ndarray:
       return w
     case "linear":
       return w.T
-    case "q" | "kv":  # [D, N, H] → [N·H, D]
+    case "q" | "kv":  # [D, Q, H] → [Q·H, D]
       return w.reshape(w.shape[0], -1).T
     case "q_meta":
       return rotate_half_to_interleaved(from_flax(Entry(entry.path, "q", entry.shape), w, b),
@@ -185,7 +193,7 @@ def from_flax(entry: Entry, w: np.ndarray, b: BlockConfig) -> np.ndarray:
     case "k_meta":
       return rotate_half_to_interleaved(from_flax(Entry(entry.path, "kv", entry.shape), w, b),
                                         b.n_kv_heads)
-    case "o":  # [N, H, D] → [D, N·H]
+    case "o":  # [Q, H, D] → [D, Q·H]
       return w.reshape(-1, w.shape[-1]).T
   raise ValueError(f"unknown entry kind {entry.kind!r}")
 
@@ -250,8 +258,9 @@ def tensors_to_flax(entries: Mapping[str, Entry], tensors: Iterable[tuple[str, n
 
 def flax_to_tensors(entries: Mapping[str, Entry], params: Mapping[tuple[str, ...], np.ndarray],
                     b: BlockConfig, *, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
-  """Yield ``(torch key, C-contiguous tensor)`` in ``entries`` order, reading ``params[path]`` (a flat
-  mapping from Flax path to array; a lazy one reads each tensor only when asked) one at a time."""
+  """Yield ``(torch key, C-contiguous tensor)`` in ``entries`` order, reading ``params[path]`` (a
+  flat mapping from Flax path to array; a lazy one reads each tensor only when asked) one at a
+  time."""
   for key, entry in entries.items():
     w = from_flax(entry, np.asarray(params[entry.path]), b)
     yield key, np.ascontiguousarray(w if dtype is None else w.astype(dtype, copy=False))
