@@ -50,9 +50,11 @@ def _prefill(adapter: ModelAdapter, spec: DecodeSpec, params, prompts_BxP, lengt
   ``n_rows …`` are dummies (done from the start)."""
   batch = prompts_BxP.shape[0]
   cache = adapter.init_cache(batch, spec.cache_len, heads=spec.heads)
-  hidden, cache = adapter.forward(params, cache, prompts_BxP, jnp.zeros((batch,), jnp.int32),
-                                  heads=spec.heads, return_hidden=True)
-  last_hidden_BxhxD = jnp.take_along_axis(hidden, (lengths_B - 1)[:, None, None, None], 1)[:, 0]
+  hidden_BxPxhxD, cache = adapter.forward(params, cache, prompts_BxP,
+                                          jnp.zeros((batch,), jnp.int32), heads=spec.heads,
+                                          return_hidden=True)
+  last_B = lengths_B - 1
+  last_hidden_BxhxD = jnp.take_along_axis(hidden_BxPxhxD, last_B[:, None, None, None], 1)[:, 0]
   logits_BxhxV = adapter.unembed(params, last_hidden_BxhxD)
   rng, first_rng, draft_rng = jax.random.split(rng, 3)
   state = initial_state(spec, cache, lengths_B, rng, temperature, top_p, eos_id)
@@ -68,16 +70,17 @@ def _prefill(adapter: ModelAdapter, spec: DecodeSpec, params, prompts_BxP, lengt
 
 def _plain_step(adapter: ModelAdapter, spec: DecodeSpec, params, state):
   """One token per active row from head 0."""
-  active = ~state["done"]
+  active_B = ~state["done"]
   slot_B = state["lengths"] + state["n_gen"] - 1
-  logits, cache = adapter.forward(params, state["cache"], state["last"][:, None], slot_B, heads=1)
+  logits_BxTxhxV, cache = adapter.forward(params, state["cache"], state["last"][:, None], slot_B,
+                                          heads=1)
   rng, step_rng = jax.random.split(state["rng"])
-  next_B = sample_token(step_rng, logits[:, 0, 0], spec.knobs(state))
-  out, n_gen, done, count = append_tokens(state, next_B[:, None], jnp.ones_like(next_B), active,
-                                          spec.max_new)
+  next_B = sample_token(step_rng, logits_BxTxhxV[:, 0, 0], spec.knobs(state))
+  out, n_gen, done, count = append_tokens(state, next_B[:, None], jnp.ones_like(next_B),
+                                          active_B, spec.max_new)
   return {**state, "cache": cache, "out": out, "n_gen": n_gen, "done": done, "rng": rng,
-          "last": jnp.where(active, next_B, state["last"]), "steps": state["steps"] + 1,
-          "row_steps": state["row_steps"] + active, "row_tokens": state["row_tokens"] + count}
+          "last": jnp.where(active_B, next_B, state["last"]), "steps": state["steps"] + 1,
+          "row_steps": state["row_steps"] + active_B, "row_tokens": state["row_tokens"] + count}
 
 
 def _decode(adapter: ModelAdapter, spec: DecodeSpec, params, state, until_steps):

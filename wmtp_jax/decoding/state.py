@@ -63,10 +63,10 @@ def append_tokens(state, new_BxT, count_B, active_B, max_new: int):
   """Appends the first ``count_B`` of ``new_BxT`` to active rows, cut after an EOS and at
   ``max_new``; returns the updated ``(out, n_gen, done, accepted_count)``."""
   t = jnp.arange(new_BxT.shape[1])[None, :]
-  is_eos = (new_BxT == state["eos_id"]) & (t < count_B[:, None])
-  first_eos = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1), new_BxT.shape[1])
-  count = jnp.minimum(jnp.minimum(count_B, first_eos + 1), max_new - state["n_gen"])
+  is_eos_BxT = (new_BxT == state["eos_id"]) & (t < count_B[:, None])
+  first_eos_B = jnp.where(is_eos_BxT.any(-1), jnp.argmax(is_eos_BxT, -1), new_BxT.shape[1])
+  count = jnp.minimum(jnp.minimum(count_B, first_eos_B + 1), max_new - state["n_gen"])
   out = write_rows(state["out"], new_BxT, state["n_gen"], active_B)
   n_gen = state["n_gen"] + jnp.where(active_B, count, 0)
-  done = state["done"] | (active_B & (is_eos.any(-1) | (n_gen >= max_new)))
+  done = state["done"] | (active_B & (is_eos_BxT.any(-1) | (n_gen >= max_new)))
   return out, n_gen, done, jnp.where(active_B, count, 0)
