@@ -247,7 +247,7 @@ def synthetic_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-  from test_generate import random_params  # pylint: disable=import-outside-toplevel
+  from decoding_helpers import random_params  # pylint: disable=import-outside-toplevel
   from wmtp_jax.models import presets
   from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
   model = MTPTransformer(MTPConfig(**presets.mtp("tiny", max_seq_len=128)))
@@ -275,7 +275,7 @@ def _head_metrics_reference(model, params, batches):
 def test_head_metrics_compile_once_and_follow_the_params(tiny_model):
   """Params are an argument of the compiled function, not constants baked into it: a second call
   with other values of the same shapes reuses the compilation and gives their metrics."""
-  from test_generate import random_params  # pylint: disable=import-outside-toplevel
+  from decoding_helpers import random_params  # pylint: disable=import-outside-toplevel
   from wmtp_jax.eval import runner
   model, params = tiny_model
   rng = np.random.default_rng(0)
