@@ -25,7 +25,7 @@ from flax import traverse_util
 from torch_reference import TorchMTP, hf_llama, padded_batch, randomize_
 
 from wmtp_jax import convert
-from wmtp_jax.checkpoints import pretrained, layouts
+from wmtp_jax.checkpoints import export, layouts, pretrained
 from wmtp_jax.data.tokenizer import TokenizerError, train_bpe_tokenizer
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
@@ -53,7 +53,7 @@ def write_meta(path, cfg: MTPConfig, module: torch.nn.Module, dtype=torch.float3
   """Meta's release layout: ``consolidated.pth`` (one flat state dict) + ``params.json``."""
   path.mkdir(parents=True)
   torch.save({k: v.to(dtype) for k, v in module.state_dict().items()}, path / "consolidated.pth")
-  (path / "params.json").write_text(json.dumps({k: getattr(cfg, k) for k in convert.META_PARAMS}))
+  (path / "params.json").write_text(json.dumps({k: getattr(cfg, k) for k in export.META_PARAMS}))
   return path
 
 
@@ -213,7 +213,7 @@ def test_mtp_export_hf_next_token_path_and_extra_heads(tmp_path, meta_model):
   np.testing.assert_allclose(out.logits.numpy(), want[:, :, 0], rtol=1e-4, atol=1e-4)
 
   # Extra heads: each ``extra_heads.{k-1}.*`` group is a LlamaDecoderLayer reading the trunk output.
-  with safetensors.safe_open(tmp_path / "hf" / convert.EXTRA_HEADS_FILE, framework="pt") as f:
+  with safetensors.safe_open(tmp_path / "hf" / export.EXTRA_HEADS_FILE, framework="pt") as f:
     assert f.metadata()["n_future_tokens"] == str(cfg.n_future_tokens)
     extra = {k: f.get_tensor(k) for k in f.keys()}
   trunk_BxSxD = out.hidden_states[cfg.n_trunk_layers]  # input of layer n_trunk (= head 0)
@@ -341,10 +341,10 @@ def test_load_and_export_check_the_tree_against_the_config(tmp_path, meta_model)
   flat = traverse_util.flatten_dict(params)
   del flat[("head_1", "ffn_norm", "weight")]
   with pytest.raises(ValueError, match=r"missing keys \['head_1/ffn_norm/weight'\]"):
-    convert.export_hf(cfg, flat, tmp_path / "hf", dtype="float32")
+    export.export_hf(cfg, flat, tmp_path / "hf", dtype="float32")
   assert not (tmp_path / "hf").exists()
   with pytest.raises(ValueError, match="export-meta writes Meta's MTP layout"):
-    convert.export_meta(LlamaConfig(), {}, tmp_path / "meta", dtype="float32")
+    export.export_meta(LlamaConfig(), {}, tmp_path / "meta", dtype="float32")
 
 
 def test_entry_tables_cover_the_models_and_layouts_invert_exactly():

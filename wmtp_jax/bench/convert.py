@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from wmtp_jax import convert
-from wmtp_jax.checkpoints import layouts
+from wmtp_jax.checkpoints import export, layouts
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
 from wmtp_jax.models.mtp import MTPConfig
 
@@ -72,7 +72,7 @@ def _write_meta(path: Path, cfg: MTPConfig, src_dtype: torch.dtype, seed: int) -
   state_dict = {key: torch.from_numpy(rng.standard_normal(entry.shape, np.float32) * 0.02)
                 .to(src_dtype) for key, entry in layouts.meta_entries(cfg).items()}
   torch.save(state_dict, path / "consolidated.pth")
-  (path / "params.json").write_text(json.dumps({k: getattr(cfg, k) for k in convert.META_PARAMS}))
+  (path / "params.json").write_text(json.dumps({k: getattr(cfg, k) for k in export.META_PARAMS}))
 
 
 def main(argv: list[str]) -> dict:
