@@ -21,7 +21,7 @@ import pytest
 from conftest import tiny_config
 from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
 from wmtp_jax.models import mtp
-from wmtp_jax.training import loop as train
+from wmtp_jax.training import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ SCRIPT = """
     sys.path.insert(0, {tests!r})
     import flax.linen as nn
     from conftest import tiny_config
-    from wmtp_jax.training import mesh, optim, loop as train
+    from wmtp_jax.training import init, loop, mesh, optim, state
     from wmtp_jax import objectives
 
     def specs(tree):
@@ -64,12 +64,12 @@ SCRIPT = """
       config = tiny_config("baseline", pathlib.Path({dataset!r}))
       config.mesh.preset = preset
       config.mesh.shape.data, config.mesh.shape.fsdp, config.mesh.shape.tensor = data, fsdp, tensor
-      train.run(config, pathlib.Path({tmp!r}) / name)
+      loop.run(config, pathlib.Path({tmp!r}) / name)
       objective = objectives.build(config)
       m, rules = mesh.make_mesh(config.mesh.shape), mesh.param_rules(config.mesh)
-      state, _, _ = train.build_state(config, objective, m, rules, 4)
+      train_state, _, _ = state.build_state(config, objective, m, rules, 4)
       # Expected: the logical names of each parameter mapped by the preset's rules.
-      logical = nn.get_partition_spec(train.abstract_variables(objective.model))["params"]
+      logical = nn.get_partition_spec(init.abstract_variables(objective.model))["params"]
       expected = {{}}
       for r, key in ((rules, "params"), (mesh.optimizer_rules(config.mesh), "moments")):
         axes = jax.tree_util.tree_map(lambda s: nn.logical_to_mesh_axes(s, r), logical,
@@ -78,13 +78,13 @@ SCRIPT = """
                              a if a is None or isinstance(a, str) else list(a) for a in spec]
                          for p, spec in jax.tree_util.tree_flatten_with_path(
                              axes, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))[0]}}
-      mu = state.opt_state[1].inner_states["default"].inner_state[0].mu["params"]
-      out[name] = dict(params=specs(state.trainable["params"]), moments=specs(mu),
+      mu = train_state.opt_state[1].inner_states["default"].inner_state[0].mu["params"]
+      out[name] = dict(params=specs(train_state.trainable["params"]), moments=specs(mu),
                        expected=expected)
     config = tiny_config("baseline", pathlib.Path({dataset!r}))
     config.mesh.shape.data, config.mesh.shape.tensor = 1, 8  # 4 heads over 8 devices
     try:
-      train.build_state(config, objectives.build(config), mesh.make_mesh(config.mesh.shape),
+      state.build_state(config, objectives.build(config), mesh.make_mesh(config.mesh.shape),
                         mesh.param_rules(config.mesh), 4)
     except ValueError as e:
       out["indivisible"] = str(e)
@@ -106,7 +106,7 @@ def eight_devices(small_dataset, tmp_path_factory):
 
 def test_presets_and_tensor_parallel_match_one_device(eight_devices, small_dataset, tmp_path):
   tmp, _ = eight_devices
-  train.run(tiny_config("baseline", small_dataset), tmp_path / "one")
+  loop.run(tiny_config("baseline", small_dataset), tmp_path / "one")
   one = _losses(tmp_path / "one")
   assert len(one) == 4
   for name, _, _ in CASES:

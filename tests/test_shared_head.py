@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from test_train import _setup
+from train_helpers import build_run
 from wmtp_jax import IGNORE_INDEX, main as main_lib, objectives
 from wmtp_jax.config import common as config_lib
 from wmtp_jax.checkpoints import pretrained
-from wmtp_jax.training import loop as train
-from wmtp_jax.training import mesh as mesh_lib
+from wmtp_jax.training import init as init_lib, mesh as mesh_lib, state as state_lib
+from wmtp_jax.training import step as step_lib
 from wmtp_jax.models.mtp import MTPConfig
 
 
@@ -60,7 +60,7 @@ def test_stage2_loss_is_weighted_ce_plus_clipped_value_loss(scheme, small_datase
   value_coef · the PPO-clipped value loss)."""
   config = tiny_config("verifiable:shared_head", small_dataset)
   config.weighting.scheme = scheme
-  state, setup, batches = _setup(config, tmp_path)
+  state, setup, batches = build_run(config, tmp_path)
   # A value head with varied outputs (its last layer starts at 0), and V_old = V − 0.5 so that
   # clipping matters.
   trainable = jax.tree_util.tree_map(np.asarray, jax.device_get(state.trainable))
@@ -70,10 +70,10 @@ def test_stage2_loss_is_weighted_ce_plus_clipped_value_loss(scheme, small_datase
   old["out"]["bias"] = old["out"]["bias"] - 0.5
   state = state.replace(trainable=trainable, aux={**state.aux, "value_old": old})
   batch = jax.device_get(batches[0])
-  loss, _, metrics, _ = jax.jit(lambda s, b: train.loss_and_grads(
+  loss, _, metrics, _ = jax.jit(lambda s, b: step_lib.loss_and_grads(
       setup, s, setup.frozen_base, setup.frozen_models, b, 1))(state, batches[0])
 
-  params = train.full_params(jax.device_get(state.trainable), setup.frozen_base)
+  params = state_lib.full_params(jax.device_get(state.trainable), setup.frozen_base)
   logits, values = jax.device_get(setup.objective.model.apply(
       {"params": params}, batch["tokens"], batch["attention_mask"], return_values=True))
   w, s = config.weighting, config.shared_head
@@ -121,7 +121,7 @@ def test_main_pretrains_the_head_then_trains_policy_and_head(small_dataset, tmp_
   stage1 = config_lib.shared_head_pretraining(config)
   mesh, rules = mesh_lib.make_mesh(config.mesh.shape), mesh_lib.param_rules(config.mesh)
   initial = flax.traverse_util.flatten_dict(jax.device_get(
-      train.initial_params(stage1, objectives.build(stage1), mesh, rules)))
+      init_lib.initial_params(stage1, objectives.build(stage1), mesh, rules)))
 
   report = main_lib.run(config, tmp_path)
   assert set(report) == {"shared_head", "verifiable"}

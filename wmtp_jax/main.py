@@ -20,7 +20,7 @@ import jax
 from ml_collections import config_flags
 
 from wmtp_jax.config import common as config_lib
-from wmtp_jax.training import loop as train
+from wmtp_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
                                           lock_config=True)
@@ -44,14 +44,14 @@ def train_prerequisites(config, workdir: pathlib.Path) -> dict:
     section = config.get(name)
     if section is not None and not section.checkpoint:
       log.info("no config.%s.checkpoint: training the %s first in %s", name, name, workdir / name)
-      report[name] = train.run(section.run, workdir / name, phase=name)
+      report[name] = loop.run(section.run, workdir / name, phase=name)
       section.checkpoint = str(workdir / name)
   shared = config.get("shared_head")
   if shared is not None and shared.stage == "weighted":
     if not shared.checkpoint:
       log.info("no config.shared_head.checkpoint: pre-training the value head first in %s",
                workdir / "shared_head")
-      report["shared_head"] = train.run(config_lib.shared_head_pretraining(config),
+      report["shared_head"] = loop.run(config_lib.shared_head_pretraining(config),
                                         workdir / "shared_head", phase="shared_head")
       shared.checkpoint = str(workdir / "shared_head")
     config.init.checkpoint = shared.checkpoint
@@ -65,7 +65,7 @@ def run(config, workdir: pathlib.Path) -> dict:
     return eval_lib.run(config, workdir)
   config_lib.check_required(config)
   report = train_prerequisites(config, workdir)
-  report[config.pipeline] = train.run(config, workdir / config.pipeline)
+  report[config.pipeline] = loop.run(config, workdir / config.pipeline)
   if config.evaluate.enabled:
     from wmtp_jax.eval import compare  # pylint: disable=g-import-not-at-top
     report["evaluation"] = compare.trained_vs_untrained(config, workdir / config.pipeline)

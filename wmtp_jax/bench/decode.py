@@ -6,7 +6,7 @@
 The model is a converted checkpoint / finished run (``--checkpoint``, with its tokenizer) or, by
 default, the tiny MTP preset (4 trunk blocks + 4 head blocks, width 128; ``--n-layers`` /
 ``--dim`` change its shape) trained here for ``--train-steps`` on the embedded synthetic task
-(the ``baseline`` pipeline through ``train.run``: uniform-weight MTP cross-entropy on the correct
+(the ``baseline`` pipeline through ``training.loop.run``: uniform-weight MTP cross-entropy on the correct
 solutions; 3–4 minutes on 2 CPU cores), so that the heads have something to agree on. Prompts are the Alpaca prompts of the synthetic test
 problems. For every batch size: plain greedy decoding with head 0, then self-speculative decoding
 with each number of draft heads; each after a warm-up call (compilation excluded), timed over
@@ -51,7 +51,7 @@ from wmtp_jax.decoding import generator as gen
 from wmtp_jax.decoding.adapter import ModelAdapter
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.config import common as config_lib
-from wmtp_jax.training import loop as train
+from wmtp_jax.training import loop
 from wmtp_jax.data import run_data
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def train_tiny(steps: int, **shape: int):
   config.checkpoint.every_steps = steps
   config.evaluate.update(enabled=False, every_steps=0)
   with tempfile.TemporaryDirectory() as workdir:
-    final = train.run(config, workdir)
+    final = loop.run(config, workdir)
     model, params, tok = _load(workdir)
   return model, params, tok, run_data.dataset_dir(config.data), final["loss"]
 

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax.training import lora, mesh as mesh_lib, optim, loop as train
+from wmtp_jax.training import init as init_lib, lora, mesh as mesh_lib, optim, state as state_lib
+from wmtp_jax.training import step as step_lib
 from wmtp_jax import objectives
 from wmtp_jax.config import common as config_lib
 
@@ -51,11 +52,11 @@ def _measure(n_devices: int, batch_size: int, seq_len: int, steps: int, remat: s
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
-  state, setup, _ = train.build_state(config, objective, mesh, rules, steps + 1)
+  state, setup, _ = state_lib.build_state(config, objective, mesh, rules, steps + 1)
   tokens_BxS = np.random.default_rng(0).integers(0, config.model.vocab_size, (batch_size, seq_len))
   batch = jax.device_put({"tokens": tokens_BxS, "labels": tokens_BxS,
                           "attention_mask": np.ones_like(tokens_BxS)}, setup.batch_sharding)
-  step, _, memory = train.compile_steps(setup, config, state, batch)
+  step, _, memory = step_lib.compile_steps(setup, config, state, batch)
   device = jax.devices()[0]
   state_bytes = sum(s.data.nbytes for x in jax.tree_util.tree_leaves((state.trainable,
                                                                       state.opt_state))
@@ -77,13 +78,13 @@ def _frozen_critic_mib(mesh, rules) -> dict[str, float]:
   config = config_lib.load("verifiable", "7b")
   critic = objectives.build(config).frozen_models["critic"]
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxes = train.abstract_variables(critic)
+    boxes = init_lib.abstract_variables(critic)
     shardings = mesh_lib.shardings_for(boxes, mesh, rules)["params"]
   leaves = list(zip(jax.tree_util.tree_leaves(mesh_lib.strip_boxes(boxes)["params"]),
                     jax.tree_util.tree_leaves(shardings)))
   mib = lambda dtype: sum(np.prod(s.shard_shape(x.shape)) * jnp.dtype(dtype).itemsize
                           for x, s in leaves) / 2**20
-  dtypes = (critic.cfg.param_dtype, str(train.frozen_param_dtype(config)))
+  dtypes = (critic.cfg.param_dtype, str(init_lib.frozen_param_dtype(config)))
   return {str(jnp.dtype(d)): float(mib(d)) for d in dtypes}
 
 
@@ -103,7 +104,7 @@ def _aot_memory(n_devices: int, shape: str, preset: str, batch_size: int, remat:
   abstract = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
   t0 = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxes = train.abstract_variables(objective.model)
+    boxes = init_lib.abstract_variables(objective.model)
     params = jax.tree_util.tree_map(abstract, mesh_lib.strip_boxes(boxes)["params"],
                                     mesh_lib.shardings_for(boxes, mesh, rules)["params"])
   is_trainable = optim.regex_matcher(config.train.trainable, where="config.train.trainable")
@@ -115,18 +116,18 @@ def _aot_memory(n_devices: int, shape: str, preset: str, batch_size: int, remat:
   tx, _ = optim.make_optimizer(config.optim, trainable, config.train.steps)
   opt_state = jax.tree_util.tree_map(
       abstract, jax.eval_shape(tx.init, trainable),
-      train.optimizer_shardings(tx, objective.model, trainable, mesh,
+      state_lib.optimizer_shardings(tx, objective.model, trainable, mesh,
                                 mesh_lib.optimizer_rules(config.mesh), is_trainable))
   scalar = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
-  state = train.TrainState(step=scalar(jnp.int32), trainable=trainable, opt_state=opt_state, aux={},
-                           rng=scalar(jnp.uint32, (2,)), skipped=scalar(jnp.int32),
-                           bad_streak=scalar(jnp.int32))
+  state = state_lib.TrainState(step=scalar(jnp.int32), trainable=trainable, opt_state=opt_state,
+                               aux={}, rng=scalar(jnp.uint32, (2,)), skipped=scalar(jnp.int32),
+                               bad_streak=scalar(jnp.int32))
   batch_sharding = nn.logical_to_mesh_sharding(jax.sharding.PartitionSpec("batch"), mesh, rules)
   tokens = jax.ShapeDtypeStruct((batch_size, config.data.max_len), jnp.int32,
                                 sharding=batch_sharding)
   batch = {"tokens": tokens, "labels": tokens, "attention_mask": tokens}
-  setup = train.Setup(objective, lora_cfg, tx, frozen_base, {}, mesh, rules, batch_sharding)
-  _, _, memory = train.compile_steps(setup, config, state, batch)
+  setup = state_lib.Setup(objective, lora_cfg, tx, frozen_base, {}, mesh, rules, batch_sharding)
+  _, _, memory = step_lib.compile_steps(setup, config, state, batch)
   return {"model": "baseline:7b", "devices": n_devices, "mesh": dict(mesh.shape),
           "preset": preset, "remat": remat, "batch_size": batch_size,
           "seq_len": config.data.max_len, **memory,
@@ -144,12 +145,12 @@ def _compile_time(n_layers: int, scan_layers: bool, batch_size: int, seq_len: in
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
-  state, setup, _ = train.build_state(config, objective, mesh, rules, 1)
+  state, setup, _ = state_lib.build_state(config, objective, mesh, rules, 1)
   tokens_BxS = np.zeros((batch_size, seq_len), np.int32)
   batch = jax.device_put({"tokens": tokens_BxS, "labels": tokens_BxS,
                           "attention_mask": np.ones_like(tokens_BxS)}, setup.batch_sharding)
   t0 = time.perf_counter()
-  _, _, memory = train.compile_steps(setup, config, state, batch)
+  _, _, memory = step_lib.compile_steps(setup, config, state, batch)
   return {"scan_layers": scan_layers, "compile_s": time.perf_counter() - t0, **memory}
 
 

@@ -20,7 +20,7 @@ import optax
 
 from wmtp_jax import IGNORE_INDEX, losses, objectives, weighting
 from wmtp_jax.config import common as config_lib
-from wmtp_jax.training import flops, mesh as mesh_lib, loop as train
+from wmtp_jax.training import flops, mesh as mesh_lib, state as state_lib, step as step_lib
 from wmtp_jax.models import presets
 from wmtp_jax.objectives import base
 
@@ -77,8 +77,8 @@ def _parts(setup, state, batch, repeats: int) -> dict[str, float]:
   norms = objective.normalizers(batch)
 
   def policy_loss(trainable):
-    params = train.full_params(trainable, setup.frozen_base)
-    apply = train.model_apply(setup, trainable["lora"], None)
+    params = state_lib.full_params(trainable, setup.frozen_base)
+    apply = step_lib.model_apply(setup, trainable["lora"], None)
     ce, valid = objective.policy_terms(params, apply, batch)
     return base.weighted_ce(ce, valid, losses.expand_weights(fixed_w, objective.n), norms)[0]
 
@@ -104,9 +104,9 @@ def measure(model: str, batch_size: int, seq: int, repeats: int, peak: float,
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
-  state, setup, _ = train.build_state(config, objective, mesh, rules, total_steps=1000)
+  state, setup, _ = state_lib.build_state(config, objective, mesh, rules, total_steps=1000)
   batch = _batch(config, batch_size, seq)
-  step_fn, _, memory = train.compile_steps(setup, config, state, batch)
+  step_fn, _, memory = step_lib.compile_steps(setup, config, state, batch)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     holder = {"state": state}
 
@@ -118,7 +118,7 @@ def measure(model: str, batch_size: int, seq: int, repeats: int, peak: float,
     step_s = _time(one_step, repeats=repeats)
     parts = _parts(setup, holder["state"], batch, repeats)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(
-      train.full_params(holder["state"].trainable, setup.frozen_base)))
+      state_lib.full_params(holder["state"].trainable, setup.frozen_base)))
   tokens = batch_size * seq
   step_flops = flops.train_flops_per_token(objective, seq) * tokens
   return {"model": model, "memory_efficient_loss": memory_efficient,

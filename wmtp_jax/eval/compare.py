@@ -8,7 +8,7 @@ model the run started from (``config.init.checkpoint`` or the seeded random init
 import logging
 import pathlib
 
-from wmtp_jax.training import mesh as mesh_lib, loop as train
+from wmtp_jax.training import init as init_lib, mesh as mesh_lib
 from wmtp_jax import objectives
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.data import run_data
@@ -26,7 +26,7 @@ def trained_vs_untrained(config, run_dir: pathlib.Path) -> dict:
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
   _, trained = pretrained.load_pretrained(run_dir / pretrained.RUN_EXPORT_DIR)
-  untrained = train.initial_params(config, objective, mesh, rules)
+  untrained = init_lib.initial_params(config, objective, mesh, rules)
   report = {}
   for name, params in (("untrained", untrained), ("trained", trained)):
     result = runner.evaluate_problems(objective.model, params, tokenizer, problems,

@@ -19,10 +19,10 @@ def at_interval(config, setup, state, step: int, data, logger) -> dict[str, floa
   e = config.evaluate
   if not e.every_steps or step % e.every_steps:
     return {}
-  from wmtp_jax.training import loop as train  # pylint: disable=import-outside-toplevel  (train imports this module)
+  from wmtp_jax.training import state as state_lib  # pylint: disable=import-outside-toplevel  (the loop imports this module)
   problems = runner.split_problems(data.directory, e.split, e.interval_problems)
   result = runner.evaluate_problems(
-      setup.objective.model, train.merged_params(setup, state), data.tokenizer, problems,
+      setup.objective.model, state_lib.merged_params(setup, state), data.tokenizer, problems,
       max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=config.seed,
       mesh=setup.mesh, rules=setup.rules)
   values = {METRIC: result["summary"]["pass@1"]}

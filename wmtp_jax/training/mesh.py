@@ -91,6 +91,11 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """The sharding of an array held whole by every device of ``mesh`` (scalars, LoRA adapters)."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def as_rules(rules: Sequence[Sequence]) -> Rules:
   """Normalise config rules (lists from a ConfigDict) into Flax's tuple-of-pairs form."""
   out = []

@@ -1,0 +1,18 @@
+"""``wmtp_jax.main``: the frozen models a pipeline needs are trained first; required keys."""
+
+import pytest
+
+from conftest import tiny_config
+from wmtp_jax import main as main_lib
+from wmtp_jax.checkpoints import pretrained
+from wmtp_jax.config import common as config_lib
+
+
+def test_main_trains_critic_first_and_required_keys(small_dataset, tmp_path):
+  config = tiny_config("verifiable", small_dataset)
+  config.critic.run.train.steps = 2
+  report = main_lib.run(config, tmp_path)
+  assert set(report) == {"critic", "verifiable"}
+  assert pretrained.read_config(tmp_path / "critic" / pretrained.RUN_EXPORT_DIR).value_head == "mlp"
+  with pytest.raises(ValueError, match=r"config\.init\.checkpoint is required"):
+    main_lib.run(config_lib.load("verifiable", "7b"), tmp_path / "7b")

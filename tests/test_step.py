@@ -1,0 +1,108 @@
+"""The train step: every pipeline overfits a batch, objectives' equivalences, gradient
+accumulation, non-finite steps skipped, LoRA trains only the adapters."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from train_helpers import build_run, step_fn, with_prerequisites
+from wmtp_jax.training import lora, state as state_lib, step as step_lib
+
+
+@pytest.mark.parametrize("pipeline", ["baseline", "critic", "verifiable", "rho1", "ref_tuning"])
+def test_each_pipeline_overfits_a_fixed_batch(pipeline, small_dataset, tmp_path):
+  config = tiny_config(pipeline, small_dataset)  # critic / reference freshly initialised
+  config.optim.warmup_steps = 0
+  config.optim.lr = 1e-2  # allowed to overfit
+  state, setup, batches = build_run(config, tmp_path, steps=30)
+  step = step_fn(setup, config)
+  losses = []
+  for _ in range(20):
+    state, metrics = step(state, batches[0])
+    losses.append(float(metrics["step_loss"]))
+  assert np.all(np.isfinite(losses)), losses
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_all_ones_weights_equal_baseline(small_dataset, tmp_path):
+  base_cfg = tiny_config("baseline", small_dataset)
+  state, setup, batches = build_run(base_cfg, tmp_path)
+  _, base_metrics = step_fn(setup, base_cfg)(state, batches[0])
+
+  # Critic and reference freshly initialised: the weights do not depend on them here.
+  ver_cfg = tiny_config("verifiable", small_dataset)
+  ver_cfg.weighting.min_weight = ver_cfg.weighting.max_weight = 1.0  # every weight clipped to 1
+  rho_cfg = tiny_config("rho1", small_dataset)
+  rho_cfg.rho1.k_percent = 1.0  # every valid term selected
+  for cfg in (ver_cfg, rho_cfg):
+    st, su, bs = build_run(cfg, tmp_path)
+    new_state, metrics = step_fn(su, cfg)(st, bs[0])
+    assert float(metrics["step_loss"]) == float(base_metrics["step_loss"])
+    assert float(metrics["grad_norm"]) == float(base_metrics["grad_norm"])
+
+
+@pytest.mark.parametrize("pipeline", ["baseline", "verifiable"])
+def test_gradient_accumulation_equals_one_large_batch(pipeline, small_dataset, tmp_path):
+  config = tiny_config(pipeline, small_dataset)
+  with_prerequisites(config, tmp_path)
+  state, setup, batches = build_run(config, tmp_path)
+  one = jax.jit(lambda s, b: step_lib.loss_and_grads(setup, s, setup.frozen_base,
+                                                  setup.frozen_models, b, 1))(state, batches[0])
+  four = jax.jit(lambda s, b: step_lib.loss_and_grads(setup, s, setup.frozen_base,
+                                                   setup.frozen_models, b, 4))(state, batches[0])
+  np.testing.assert_allclose(four[0], one[0], rtol=1e-5, atol=1e-6)
+  for g4, g1 in zip(jax.tree_util.tree_leaves(four[1]), jax.tree_util.tree_leaves(one[1])):
+    np.testing.assert_allclose(g4, g1, rtol=1e-4, atol=1e-6)
+  if pipeline == "verifiable":  # the EMA update sees the moments of the whole batch
+    for a, b in zip(jax.tree_util.tree_leaves(four[3]), jax.tree_util.tree_leaves(one[3])):
+      np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_nonfinite_step_is_skipped_and_counted(small_dataset, tmp_path):
+  config = tiny_config("baseline", small_dataset)
+  state, setup, batches = build_run(config, tmp_path)
+  before = jax.device_get(state.trainable)
+  leaf = ("params", "norm", "weight")
+  flat = flax.traverse_util.flatten_dict(state.trainable)
+  flat[leaf] = flat[leaf].at[0].set(jnp.nan)
+  bad = state.replace(trainable={**flax.traverse_util.unflatten_dict(flat), "lora": {}})
+  new_state, metrics = step_fn(setup, config)(bad, batches[0])
+  assert int(metrics["skipped_steps"]) == 1 and int(metrics["nonfinite_streak"]) == 1
+  assert int(new_state.step) == 1
+  after = flax.traverse_util.flatten_dict(jax.device_get(new_state.trainable))
+  for path, value in flax.traverse_util.flatten_dict(before).items():
+    if path != leaf:
+      np.testing.assert_array_equal(after[path], value)  # no update applied
+
+
+def test_lora_trains_only_adapters_and_merges(small_dataset, tmp_path):
+  config = tiny_config("baseline", small_dataset)
+  config.lora.enabled = True
+  config.lora.settings.rank = 4
+  config.lora.settings.targets = ("q", "v", "down")
+  config.train.trainable = "norm/.*"  # plus one base parameter group that trains
+  state, setup, batches = build_run(config, tmp_path)
+  frozen_before = jax.device_get(setup.frozen_base)
+  step = step_fn(setup, config)
+  for _ in range(3):
+    state, _ = step(state, batches[0])
+  for after, before in zip(jax.tree_util.tree_leaves(jax.device_get(setup.frozen_base)),
+                           jax.tree_util.tree_leaves(frozen_before)):
+    np.testing.assert_array_equal(after, before)
+  assert set(state.trainable["params"]) == {"norm"}
+  assert any(np.abs(np.asarray(b)).sum() > 0
+             for b in jax.tree_util.tree_leaves(state.trainable["lora"]))
+  params = state_lib.full_params(state.trainable, setup.frozen_base)
+  tokens, mask = batches[0]["tokens"], batches[0]["attention_mask"]
+  with lora.applied(state.trainable["lora"], setup.lora_cfg):
+    adapted = setup.objective.model.apply({"params": params}, tokens, mask)
+  merged = setup.objective.model.apply(
+      {"params": lora.merge(params, state.trainable["lora"], setup.lora_cfg)}, tokens, mask)
+  np.testing.assert_allclose(merged, adapted, rtol=1e-4, atol=1e-4)
+  opt_leaves = sum(x.size for x in jax.tree_util.tree_leaves(state.opt_state))
+  n_trainable = sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))
+  n_all = n_trainable + sum(x.size for x in jax.tree_util.tree_leaves(setup.frozen_base))
+  assert opt_leaves < 3 * n_trainable + 16 < n_all  # Adam moments for the trainable part only

@@ -1,0 +1,45 @@
+"""Helpers of the training tests: a run's state and first batches, a jitted step, trained
+prerequisites, the losses a run logged."""
+
+import json
+import pathlib
+
+import jax
+
+from wmtp_jax import main as main_lib, objectives
+from wmtp_jax.data import run_data
+from wmtp_jax.training import mesh as mesh_lib, state as state_lib, step as step_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def build_run(config, tmp_path, *, steps=None):
+  """``(state, setup, batches)`` with the first batches of the run's data."""
+  objective = objectives.build(config)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = mesh_lib.param_rules(config.mesh)
+  data = run_data.build(config, objective, tmp_path)
+  state, setup, _ = state_lib.build_state(config, objective, mesh, rules,
+                                          steps or config.train.steps)
+  it = iter(data.train)
+  batches = [data.to_global(next(it), setup.batch_sharding) for _ in range(2)]
+  return state, setup, batches
+
+
+def step_fn(setup, config):
+  return jax.jit(lambda s, b: step_lib.train_step(setup, config.train.grad_accum, s,
+                                                  setup.frozen_base, setup.frozen_models, b))
+
+
+def with_prerequisites(config, tmp_path):
+  """Train the critic / reference ``config`` needs for 2 steps and point it at them."""
+  for name in ("critic", "reference"):
+    if name in config:
+      config[name].run.train.steps = 2
+  main_lib.train_prerequisites(config, tmp_path)
+  return config
+
+
+def run_losses(workdir: pathlib.Path) -> dict[int, float]:
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["step_loss"] for r in rows if "step_loss" in r}

@@ -1,0 +1,128 @@
+"""The train step and the validation step, and their compilation.
+
+The step: the global batch is split into ``grad_accum`` micro-batches, whose losses are defined to
+*sum* to the loss of the whole batch (the objective's ``normalizers``); gradients are accumulated
+in fp32, clipped, and applied by AdamW unless the loss or a gradient is non-finite, in which case
+the update is skipped and counted.
+"""
+
+import functools
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from wmtp_jax.training import lora, mesh as mesh_lib
+from wmtp_jax.training.state import Setup, TrainState, full_params
+
+log = logging.getLogger("wmtp_jax")
+
+
+def model_apply(setup: Setup, lora_params, rng):
+  """``apply(params, *args, **kw)`` of the trained model with the LoRA adapters (if any) added."""
+  model = setup.objective.model
+
+  def apply(params, *args, **kwargs):
+    if setup.lora_cfg is None:
+      return model.apply({"params": params}, *args, **kwargs)
+    with lora.applied(lora_params, setup.lora_cfg, rng=rng):
+      return model.apply({"params": params}, *args, **kwargs)
+  return apply
+
+
+def _micro_batches(batch, n: int):
+  def split(x):
+    if x.shape[0] % n:
+      raise ValueError(f"global batch size {x.shape[0]} is not divisible by "
+                       f"config.train.grad_accum={n}")
+    return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+  return jax.tree_util.tree_map(split, batch)
+
+
+def loss_and_grads(setup: Setup, state: TrainState, frozen_base, frozen_models, batch,
+                   grad_accum: int, *, train: bool = True):
+  """Summed loss, fp32 gradients, micro-batch-averaged metrics and summed aux statistics."""
+  objective = setup.objective
+  norms = objective.normalizers(batch)
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+  def micro_loss(trainable, micro, rng):
+    apply = model_apply(setup, trainable["lora"], rng if train else None)
+    return objective.loss(full_params(trainable, frozen_base), apply, frozen_models, micro, norms,
+                          state.aux, rng)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def body(carry, xs):
+    micro, i = xs
+    (loss, (metrics, sums)), grads = grad_fn(state.trainable, micro, jax.random.fold_in(key, i))
+    grads = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grads)
+    if carry is None:
+      return (loss, grads, metrics, sums), None
+    return jax.tree_util.tree_map(jnp.add, carry, (loss, grads, metrics, sums)), None
+
+  micro = _micro_batches(batch, grad_accum)
+  carry, _ = body(None, (jax.tree_util.tree_map(lambda x: x[0], micro), 0))
+  if grad_accum > 1:
+    rest = jax.tree_util.tree_map(lambda x: x[1:], micro)
+    carry, _ = jax.lax.scan(body, carry, (rest, jnp.arange(1, grad_accum)))
+  loss, grads, metrics, sums = carry
+  metrics = jax.tree_util.tree_map(lambda m: m / grad_accum, metrics)
+  return loss, grads, metrics, sums
+
+
+def train_step(setup: Setup, grad_accum: int, state: TrainState, frozen_base, frozen_models, batch):
+  """One optimizer step (jitted with the state donated)."""
+  loss, grads, metrics, sums = loss_and_grads(setup, state, frozen_base, frozen_models, batch,
+                                              grad_accum)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+  def apply_update(state):
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.trainable)
+    return state.replace(trainable=optax.apply_updates(state.trainable, updates),
+                         opt_state=opt_state, aux=setup.objective.update_aux(state.aux, sums),
+                         bad_streak=jnp.zeros_like(state.bad_streak))
+
+  def skip(state):
+    return state.replace(skipped=state.skipped + 1, bad_streak=state.bad_streak + 1)
+
+  new_state = jax.lax.cond(finite, apply_update, skip, state)
+  new_state = new_state.replace(step=state.step + 1)
+  metrics = {**metrics, "step_loss": loss, "grad_norm": grad_norm,
+             "skipped_steps": new_state.skipped, "nonfinite_streak": new_state.bad_streak}
+  return new_state, metrics
+
+
+def eval_step(setup: Setup, state: TrainState, frozen_base, frozen_models, batch):
+  """Validation metrics of one batch (no update, no dropout)."""
+  _, _, metrics, _ = loss_and_grads(setup, state, frozen_base, frozen_models, batch, 1, train=False)
+  return metrics
+
+
+def compile_steps(setup: Setup, config, state, batch):
+  """``(train step, eval step, memory)``: jitted steps (the state keeps its shardings across steps)
+  and the compiled memory per device of the train step in MiB (``{}`` if the backend has none)."""
+  replicated = mesh_lib.replicated(setup.mesh)
+  step = jax.jit(functools.partial(train_step, setup, config.train.grad_accum), donate_argnums=0,
+                 out_shardings=(jax.tree_util.tree_map(lambda x: x.sharding, state), replicated))
+  evaluate = jax.jit(functools.partial(eval_step, setup))
+  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+    compiled = step.lower(state, setup.frozen_base, setup.frozen_models, batch).compile()
+  memory = memory_mib(compiled)
+  if memory:
+    log.info("train step memory per device (MiB): %s",
+             " ".join(f"{k}={v:.1f}" for k, v in memory.items()))
+  return step, evaluate, memory
+
+
+def memory_mib(compiled) -> dict[str, float]:
+  """``memory_analysis`` of a compiled function per device, in MiB, as
+  ``{"memory/argument_mib", "memory/temp_mib", "memory/output_mib", "memory/alias_mib"}``."""
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  return {f"memory/{name}_mib": getattr(analysis, f"{name}_size_in_bytes") / 2**20
+          for name in ("argument", "temp", "output", "alias")}
