@@ -1,6 +1,6 @@
 r'''Benchmarks: loading problems, prompt styles, and scoring completions in the sandbox.
 
-Problems are the evaluation problems of ``wmtp_jax.data.records`` (``problem_id``, ``prompt``,
+Problems are the evaluation problems of ``wmtp_jax.data.schema`` (``problem_id``, ``prompt``,
 ``test_code`` / ``tests`` / ``answer`` …), read from a ``*.problems.jsonl`` file or a dataset
 directory, or converted on the fly from a benchmark's own files (``wmtp_jax.data.converters``):
 
@@ -21,8 +21,8 @@ Prompt styles (how a problem becomes the model's prompt and what the completion 
   worked answer for GSM8K); a fenced ```` ```python ```` block in it is taken as the program.
 * ``completion``: the raw prompt (HumanEval's signature + docstring); the completion continues it
   (scored as ``prompt + completion``); Codex stop sequences.
-* ``mbpp``: the raw MBPP harness prompt ``"""\n{text}\n{test_list[0]}\n"""\n``; the completion is the
-  whole program; the harness stop sequences (DESIGN §6).
+* ``mbpp``: the raw MBPP harness prompt ``"""\n{text}\n{test_list[0]}\n"""\n``; the completion is
+  the whole program; the harness stop sequences (DESIGN §6).
 
 Every program runs in ``wmtp_jax.sandbox`` (its own process tree, time/memory/output limits, all
 in parallel). Whatever a completion does — not Python, crash, hang, flood the output — it is a

@@ -85,7 +85,7 @@ def evaluate_problems(model, params, tokenizer, problems: list[dict], *,
     params: its params tree (LoRA already merged).
     tokenizer: ``encode(text, add_special_tokens=False)``, ``decode``, ``bos_token_id``,
       ``eos_token_id``.
-    problems: evaluation problems (``wmtp_jax.data.records``).
+    problems: evaluation problems (``wmtp_jax.data.schema``).
     prompt_style: ``alpaca`` | ``completion`` | ``mbpp`` (``benchmarks``).
     stop: stop sequences (default: the prompt style's); generation of a row ends at EOS, a stop
       sequence or ``max_new_tokens``.
