@@ -54,7 +54,6 @@ interpreter with its imports, i.e. 1.03–1.10× the checkpoint size on top of t
 import argparse
 import collections
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -95,15 +94,11 @@ def convert(fmt: str, src: str | Path, dst: str | Path, *, dtype: str = "float32
                      where=", ".join(str(f) for f in files))
   tokenizer_src = find_tokenizer(fmt, src, tokenizer)
   by_dtype = collections.Counter(d for k, (_, d) in specs.items() if k in entries)
-  new_dir(dst)
-  try:
+  with new_dir(dst):
     pretrained.copy_tokenizer(tokenizer_src, dst, config.vocab_size, where=str(config_file))
     params = layouts.tensors_to_flax(entries, reader, config.block, dtype=jnp.dtype(dtype))
     pretrained.save_params(dst, config, params, source={
         "format": fmt, "path": str(src.absolute()), "dtype": by_dtype.most_common(1)[0][0]})
-  except BaseException:
-    shutil.rmtree(dst)
-    raise
   n_params = sum(int(np.prod(e.shape)) for e in entries.values())
   return {"kind": pretrained.kind_of(config), "dst": str(dst), "n_params": n_params,
           "param_dtype": dtype, "source_dtypes": dict(by_dtype)}

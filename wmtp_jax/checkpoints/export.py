@@ -100,8 +100,7 @@ def export_hf(config: MTPConfig | LlamaConfig, params: Mapping, dst: str | Path,
     size += nbytes
   names = (["model.safetensors"] if len(shards) == 1 else
            [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-  new_dir(dst)
-  try:
+  with new_dir(dst):
     hf_config(config, dtype).save_pretrained(dst)
     tensors = layouts.flax_to_tensors(entries, params, config.block, dtype=jnp.dtype(dtype))
     for name, keys in zip(names, shards):
@@ -118,9 +117,6 @@ def export_hf(config: MTPConfig | LlamaConfig, params: Mapping, dst: str | Path,
       safetensors.torch.save_file(heads, dst / EXTRA_HEADS_FILE, metadata={
           "format": "pt", "n_future_tokens": str(config.n_future_tokens)})
     _copy_tokenizer_files(tokenizer, dst)
-  except BaseException:
-    shutil.rmtree(dst)
-    raise
   return {"dst": str(dst), "files": sorted(p.name for p in dst.iterdir()), "dtype": dtype}
 
 
@@ -135,15 +131,11 @@ def export_meta(config: MTPConfig, params: Mapping, dst: str | Path, *, dtype: s
   _check_export(config, params, str(dst))
   entries = layouts.meta_entries(config)
   meta_params = {k: getattr(config, k) for k in META_PARAMS if getattr(config, k) is not None}
-  new_dir(dst)
-  try:
+  with new_dir(dst):
     state_dict = {k: to_torch(w) for k, w in layouts.flax_to_tensors(
         entries, params, config.block, dtype=jnp.dtype(dtype))}
     torch.save(state_dict, dst / "consolidated.pth")
     del state_dict
     (dst / "params.json").write_text(json.dumps(meta_params, indent=2) + "\n")
     _copy_tokenizer_files(tokenizer, dst)
-  except BaseException:
-    shutil.rmtree(dst)
-    raise
   return {"dst": str(dst), "files": sorted(p.name for p in dst.iterdir()), "dtype": dtype}

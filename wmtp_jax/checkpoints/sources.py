@@ -6,9 +6,11 @@ is converted, safetensors through ``safe_open(backend="pread")``, so a source is
 (``python -m wmtp_jax.convert``, ``wmtp_jax.checkpoints.export``).
 """
 
+import contextlib
 import ctypes
 import json
 import mmap
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -154,7 +156,15 @@ def find_tokenizer(fmt: str, src: Path, explicit: str | None) -> Path:
   return found[0]
 
 
-def new_dir(dst: Path) -> None:
+@contextlib.contextmanager
+def new_dir(dst: Path) -> Iterator[Path]:
+  """``with new_dir(dst):`` creates the destination ``dst`` (new, or an existing empty directory)
+  for the body to fill, and removes it again if the body fails."""
   if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
     raise FileExistsError(f"{dst} exists and is not an empty directory")
   dst.mkdir(parents=True, exist_ok=True)
+  try:
+    yield dst
+  except BaseException:
+    shutil.rmtree(dst)
+    raise
