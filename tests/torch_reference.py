@@ -1,4 +1,5 @@
-"""PyTorch reference pieces shared by the parity tests (``test_models``, ``test_convert``).
+"""PyTorch reference pieces shared by the parity tests (``test_mtp``, ``test_llama``, ``test_layers``,
+``test_layouts``, ``test_convert``, ``test_export``) and their tiny MTP config ``TINY_MTP``.
 
 ``TorchMTP`` is a plain PyTorch transcription of Meta's ``llama/model.py`` (complex interleaved
 RoPE, ``layers[:-1]`` trunk, ``[layers[-1], *extra_heads]`` parallel heads, one shared norm and
@@ -14,6 +15,8 @@ import transformers
 from wmtp_jax.models import layers
 from wmtp_jax.models.mtp import MTPConfig
 
+TINY_MTP = dict(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=97, multiple_of=32,
+                ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500.0, n_future_tokens=3)
 
 class TorchRMSNorm(torch.nn.Module):
 
