@@ -155,7 +155,8 @@ def test_tokenizer_and_destination_errors(tmp_path, meta_model, tokenizer_dir):
                      r"model's vocab_size is 200"):
     run("meta", "--src", small, "--dst", tmp_path / "out", "--tokenizer", tokenizer_dir)
   assert not (tmp_path / "out").exists()
-  with pytest.raises(FileNotFoundError, match=r"no tokenizer found .*tokenizer\.model.*--tokenizer"):
+  with pytest.raises(FileNotFoundError,
+                     match=r"no tokenizer found .*tokenizer\.model.*--tokenizer"):
     run("meta", "--src", src, "--dst", tmp_path / "out")
   (tmp_path / "busy").mkdir()
   (tmp_path / "busy" / "file").write_text("x")

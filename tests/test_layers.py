@@ -59,11 +59,13 @@ def test_rope_meta_interleaved_equals_rotate_half_on_permuted_weights():
   cos, sin = layers.rope_cos_sin(jnp.arange(seq)[None], head_dim, theta)
   def ours(w):
     y = x @ layouts.interleaved_to_rotate_half(w, n_heads).T
-    return np.asarray(layers.apply_rope(jnp.asarray(y.reshape(1, seq, n_heads, head_dim)), cos, sin))
+    return np.asarray(layers.apply_rope(jnp.asarray(y.reshape(1, seq, n_heads, head_dim)), cos,
+                                        sin))
   our_scores = np.einsum("bsnh,btnh->bnst", ours(wq), ours(wk))
   np.testing.assert_allclose(our_scores, meta_scores, rtol=1e-5, atol=1e-4)
   np.testing.assert_array_equal(
-      layouts.rotate_half_to_interleaved(layouts.interleaved_to_rotate_half(wq, n_heads), n_heads), wq)
+      layouts.rotate_half_to_interleaved(layouts.interleaved_to_rotate_half(wq, n_heads), n_heads),
+      wq)
 
 
 def test_attention_padding_rows_are_finite_and_ignored():

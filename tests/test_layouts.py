@@ -17,11 +17,13 @@ def test_strict_state_dict_errors_name_the_keys():
   entries = layouts.meta_entries(cfg)
 
   missing = {k: v for k, v in sd.items() if k != "layers.0.attention.wq.weight"}
-  with pytest.raises(ValueError, match=r"ckpt: .*missing keys \['layers\.0\.attention\.wq\.weight'\]"):
+  with pytest.raises(ValueError,
+                     match=r"ckpt: .*missing keys \['layers\.0\.attention\.wq\.weight'\]"):
     layouts.load_state_dict(entries, missing, cfg.block, where="ckpt")
 
   wrong = {**sd, "norm.weight": np.zeros(3, np.float32)}
-  with pytest.raises(ValueError, match=r"wrongly shaped \['norm\.weight: \(3,\) \(expected \(64,\)\)'\]"):
+  with pytest.raises(ValueError,
+                     match=r"wrongly shaped \['norm\.weight: \(3,\) \(expected \(64,\)\)'\]"):
     layouts.load_state_dict(entries, wrong, cfg.block)
 
   # A 3-head checkpoint read with n_future_tokens=2: an error, not a silently random block.

@@ -53,7 +53,8 @@ def test_value_model_matches_transformers_backbone_plus_head(kind):
 
   tokens, mask = padded_batch(np.random.default_rng(3), cfg.vocab_size, 2, 8, [8, 4])
   with torch.no_grad():
-    h = ref.model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).last_hidden_state
+    h = ref.model(input_ids=torch.tensor(tokens),
+                  attention_mask=torch.tensor(mask)).last_hidden_state
     for i, lin in enumerate(torch_layers):
       h = lin(h)
       if i < len(torch_layers) - 1:
@@ -79,8 +80,9 @@ def test_value_head_init_follows_design():
 
 
 def test_hf_config_rejects_unsupported_features(tmp_path):
-  transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                           rope_scaling={"rope_type": "linear", "factor": 2.0}).save_pretrained(tmp_path)
+  transformers.LlamaConfig(
+      hidden_size=32, num_attention_heads=4, intermediate_size=64,
+      rope_scaling={"rope_type": "linear", "factor": 2.0}).save_pretrained(tmp_path)
   with pytest.raises(ValueError, match=r"config\.json: rope_parameters\.rope_type='linear'"):
     LlamaConfig.from_hf_config(tmp_path / "config.json")
   # The older (transformers 4) layout: rope_theta and rope_scaling at the top level.

@@ -1,5 +1,6 @@
-"""PyTorch reference pieces shared by the parity tests (``test_mtp``, ``test_llama``, ``test_layers``,
-``test_layouts``, ``test_convert``, ``test_export``) and their tiny MTP config ``TINY_MTP``.
+"""PyTorch reference pieces shared by the parity tests (``test_mtp``, ``test_llama``,
+``test_layers``, ``test_layouts``, ``test_convert``, ``test_export``) and their tiny MTP config
+``TINY_MTP``.
 
 ``TorchMTP`` is a plain PyTorch transcription of Meta's ``llama/model.py`` (complex interleaved
 RoPE, ``layers[:-1]`` trunk, ``[layers[-1], *extra_heads]`` parallel heads, one shared norm and
@@ -118,7 +119,8 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
 
 
 def hf_llama(seed: int, vocab_size: int = 89):
-  """A small random ``transformers.LlamaForCausalLM`` (eager attention, untied): ``(config, model)``."""
+  """A small random ``transformers.LlamaForCausalLM`` (eager attention, untied):
+  ``(config, model)``."""
   hf_cfg = transformers.LlamaConfig(
       vocab_size=vocab_size, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
       num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
