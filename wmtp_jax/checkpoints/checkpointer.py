@@ -7,10 +7,15 @@ A run directory ``WORKDIR`` holds::
     checkpoints/<step>/data     the Grain iterator state (one file per process; restorable in
                                 another process count, see ``Checkpointer.restore``)
     checkpoints/<step>/metrics  the validation metrics used to keep the best checkpoint
+    checkpoints/<step>/MANIFEST.sha256   checksums of all of the above (``integrity``), written
+                                last: a step without it was not completely written
 
 Checkpoints are written every ``every_steps`` and at the end; the last ``keep`` are kept plus the
 best one by ``best_metric`` (``best_mode`` ``min`` | ``max``). Restoring uses the abstract state
-with its shardings as the target, so every process reads only its shards.
+with its shardings as the target, so every process reads only its shards. ``restore_latest``
+resumes from the newest checkpoint that is intact: a damaged one (checksum mismatch, missing or
+truncated file, unreadable metadata) is moved aside to ``checkpoints/corrupt-<step>`` with a
+warning that says why, and the next older one is tried.
 """
 
 import json
@@ -21,10 +26,11 @@ from typing import Any
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from wmtp_jax.checkpoints import pretrained
+from wmtp_jax.checkpoints import integrity, pretrained
 from wmtp_jax.data import pipeline
 
 log = logging.getLogger("wmtp_jax")
@@ -94,7 +100,34 @@ class Checkpointer:
         metrics=metrics, force=force)
     if saved:
       self.manager.wait_until_finished()
+      if jax.process_index() == 0:
+        integrity.write_manifest(self.directory / str(step))
     return saved
+
+  def restore_latest(self, abstract_state, data_iterator, *, num_indices: int):
+    """``(step, state)`` from the newest intact checkpoint, or ``(None, None)`` when there is
+    none. Damaged checkpoints are moved aside (one warning each, naming the cause); checkpoints
+    written before manifests existed are restored unchecked."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        if not integrity.verify(self.directory / str(step), required=False):
+          log.warning("%s has no %s (an older version wrote it, or the run stopped before its checksums): restored unchecked",
+                      self.directory / str(step), integrity.MANIFEST)
+        return step, self.restore(step, abstract_state, data_iterator, num_indices=num_indices)
+      except (integrity.CorruptCheckpointError, OSError, ValueError) as e:
+        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+        self._set_aside(step, cause)
+    return None, None
+
+  def _set_aside(self, step: int, cause: str) -> None:
+    aside = self.directory / f"corrupt-{step}"
+    log.warning("checkpoint %s is damaged (%s): moved to %s; trying the previous one",
+                self.directory / str(step), cause, aside)
+    if jax.process_index() == 0:
+      (self.directory / str(step)).rename(aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"wmtp_jax checkpoint {step} set aside")
+    self.manager.reload()
 
   def restore(self, step: int, abstract_state, data_iterator, *, num_indices: int):
     """The state at ``step`` laid out as ``abstract_state`` (``ShapeDtypeStruct`` with shardings);

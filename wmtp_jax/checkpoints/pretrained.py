@@ -5,7 +5,8 @@ Layout of a converted directory (written by ``python -m wmtp_jax.convert meta|hf
   model_config.json   {"kind": "mtp" | "llama", "config": {<MTPConfig | LlamaConfig fields>},
                        "source": {"format": "meta" | "hf", "path": ..., "dtype": <torch dtype>}}
   params/             Orbax PyTree checkpoint of the Flax ``params`` tree (OCDBT, uncompressed:
-                      weights barely compress and zstd would double the save time and memory)
+                      weights barely compress and zstd would double the save time and memory),
+                      with a SHA-256 manifest (``integrity``) verified before any tensor is read
   tokenizer/          the tokenizer files, loadable with ``transformers.AutoTokenizer``
 
 ``kind`` says which model the tree belongs to: ``mtp`` → ``mtp.MTPTransformer``, ``llama`` →
@@ -21,6 +22,7 @@ from the config: a missing, unexpected or wrongly shaped parameter is an error l
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,11 +38,12 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from wmtp_jax.models import scan_layout, strict
-from wmtp_jax.checkpoints import layouts
+from wmtp_jax.checkpoints import integrity, layouts
 from wmtp_jax.data import tokenizer as tokenizer_lib
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM, ValueModel
 from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
+log = logging.getLogger("wmtp_jax")
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
@@ -165,17 +168,45 @@ def save_params(path: str | os.PathLike, config: Config, params, *, kind: str | 
   kind = kind or kind_of(config)
   check_params(config, {p: np.shape(v) for p, v in flat.items()}, where=str(path), kind=kind)
   _checkpointer().save((path / PARAMS_DIR).absolute(), args=ocp.args.PyTreeSave(params))
+  if jax.process_index() == 0:
+    integrity.write_manifest(path / PARAMS_DIR)
   data = {"kind": kind, "config": dataclasses.asdict(config)}
   if source is not None:
     data["source"] = dict(source)
   (path / CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
 
+_VERIFIED: dict[Path, tuple] = {}  # params dir → the file stats it had when it was checked
+
+
+def verify_params(path: str | os.PathLike) -> None:
+  """Check ``path/params`` against its checksum manifest (again only when a file's size or mtime
+  changed since this process last checked it); a directory written before manifests existed is
+  accepted with a warning."""
+  directory = (Path(path) / PARAMS_DIR).absolute()
+  if not directory.is_dir():
+    raise FileNotFoundError(f"{directory}: missing (the converted directory has no params)")
+  stamp = tuple((str(p), s.st_size, s.st_mtime_ns) for p in sorted(directory.rglob("*"))
+                if (s := p.stat()) and p.is_file())
+  if _VERIFIED.get(directory) == stamp:
+    return
+  if not integrity.verify(directory, required=False):
+    log.warning("%s has no %s: its bytes cannot be checked", directory, integrity.MANIFEST)
+  _VERIFIED[directory] = stamp
+
+
 def stored_shapes(path: str | os.PathLike) -> dict[tuple[str, ...], tuple[int, ...]]:
-  """``{Flax path: shape}`` of the stored params, from the Orbax metadata (no tensor is read)."""
+  """``{Flax path: shape}`` of the stored params, from the Orbax metadata (no tensor is read;
+  the files are checked against the manifest first)."""
+  verify_params(path)
+  directory = (Path(path) / PARAMS_DIR).absolute()
   with ocp.StandardCheckpointer() as checkpointer:
-    tree = checkpointer.metadata((Path(path) / PARAMS_DIR).absolute()).item_metadata.tree
-  return {p: tuple(m.shape) for p, m in traverse_util.flatten_dict(tree).items()}
+    metadata = checkpointer.metadata(directory).item_metadata
+  if metadata is None or metadata.tree is None:
+    raise integrity.CorruptCheckpointError(
+        f"{directory}: no readable Orbax metadata (_METADATA missing or damaged): an incomplete "
+        f"or corrupted save")
+  return {p: tuple(m.shape) for p, m in traverse_util.flatten_dict(metadata.tree).items()}
 
 
 def restore_params(path: str | os.PathLike, target, *, unused: Iterable[str] = ()):
