@@ -112,8 +112,8 @@ def test_sharded_training_matches_one_device(small_dataset, tmp_path):
       config.mesh.shape.data, config.mesh.shape.fsdp = int(sys.argv[3]), int(sys.argv[4])
       loop.run(config, sys.argv[1])
       m = mesh.make_mesh(config.mesh.shape)
-      state, _, _ = state_lib.build_state(config, objectives.build(config), m,
-                                          mesh.param_rules(config.mesh), 4)
+      state = state_lib.build_state(config, objectives.build(config), m,
+                                    mesh.param_rules(config.mesh), 4)[0]
       wq = state.trainable["params"]["trunk_0"]["attention"]["wq"]["kernel"]
       print(json.dumps([str(a) for a in wq.sharding.spec]))
   """))

@@ -67,7 +67,7 @@ SCRIPT = """
       loop.run(config, pathlib.Path({tmp!r}) / name)
       objective = objectives.build(config)
       m, rules = mesh.make_mesh(config.mesh.shape), mesh.param_rules(config.mesh)
-      train_state, _, _ = state.build_state(config, objective, m, rules, 4)
+      train_state = state.build_state(config, objective, m, rules, 4)[0]
       # Expected: the logical names of each parameter mapped by the preset's rules.
       logical = nn.get_partition_spec(init.abstract_variables(objective.model))["params"]
       expected = {{}}

@@ -60,7 +60,7 @@ def test_stage2_loss_is_weighted_ce_plus_clipped_value_loss(scheme, small_datase
   value_coef · the PPO-clipped value loss)."""
   config = tiny_config("verifiable:shared_head", small_dataset)
   config.weighting.scheme = scheme
-  state, setup, batches = build_run(config, tmp_path)
+  state, frozen, context, batches = build_run(config, tmp_path)
   # A value head with varied outputs (its last layer starts at 0), and V_old = V − 0.5 so that
   # clipping matters.
   trainable = jax.tree_util.tree_map(np.asarray, jax.device_get(state.trainable))
@@ -71,10 +71,10 @@ def test_stage2_loss_is_weighted_ce_plus_clipped_value_loss(scheme, small_datase
   state = state.replace(trainable=trainable, aux={**state.aux, "value_old": old})
   batch = jax.device_get(batches[0])
   loss, _, metrics, _ = jax.jit(lambda s, b: step_lib.loss_and_grads(
-      setup, s, setup.frozen_base, setup.frozen_models, b, 1))(state, batches[0])
+      context, s, frozen, b, 1))(state, batches[0])
 
-  params = state_lib.full_params(jax.device_get(state.trainable), setup.frozen_base)
-  logits, values = jax.device_get(setup.objective.model.apply(
+  params = state_lib.full_params(jax.device_get(state.trainable), frozen.base)
+  logits, values = jax.device_get(context.objective.model.apply(
       {"params": params}, batch["tokens"], batch["attention_mask"], return_values=True))
   w, s = config.weighting, config.shared_head
   rows, seq, n = logits.shape[:3]

@@ -17,8 +17,8 @@ def test_each_pipeline_overfits_a_fixed_batch(pipeline, small_dataset, tmp_path)
   config = tiny_config(pipeline, small_dataset)  # critic / reference freshly initialised
   config.optim.warmup_steps = 0
   config.optim.lr = 1e-2  # allowed to overfit
-  state, setup, batches = build_run(config, tmp_path, steps=30)
-  step = step_fn(setup, config)
+  state, frozen, context, batches = build_run(config, tmp_path, steps=30)
+  step = step_fn(context, frozen, config)
   losses = []
   for _ in range(20):
     state, metrics = step(state, batches[0])
@@ -29,8 +29,8 @@ def test_each_pipeline_overfits_a_fixed_batch(pipeline, small_dataset, tmp_path)
 
 def test_all_ones_weights_equal_baseline(small_dataset, tmp_path):
   base_cfg = tiny_config("baseline", small_dataset)
-  state, setup, batches = build_run(base_cfg, tmp_path)
-  _, base_metrics = step_fn(setup, base_cfg)(state, batches[0])
+  state, frozen, context, batches = build_run(base_cfg, tmp_path)
+  _, base_metrics = step_fn(context, frozen, base_cfg)(state, batches[0])
 
   # Critic and reference freshly initialised: the weights do not depend on them here.
   ver_cfg = tiny_config("verifiable", small_dataset)
@@ -38,8 +38,8 @@ def test_all_ones_weights_equal_baseline(small_dataset, tmp_path):
   rho_cfg = tiny_config("rho1", small_dataset)
   rho_cfg.rho1.k_percent = 1.0  # every valid term selected
   for cfg in (ver_cfg, rho_cfg):
-    st, su, bs = build_run(cfg, tmp_path)
-    new_state, metrics = step_fn(su, cfg)(st, bs[0])
+    st, fr, ctx, bs = build_run(cfg, tmp_path)
+    new_state, metrics = step_fn(ctx, fr, cfg)(st, bs[0])
     assert float(metrics["step_loss"]) == float(base_metrics["step_loss"])
     assert float(metrics["grad_norm"]) == float(base_metrics["grad_norm"])
 
@@ -48,11 +48,11 @@ def test_all_ones_weights_equal_baseline(small_dataset, tmp_path):
 def test_gradient_accumulation_equals_one_large_batch(pipeline, small_dataset, tmp_path):
   config = tiny_config(pipeline, small_dataset)
   with_prerequisites(config, tmp_path)
-  state, setup, batches = build_run(config, tmp_path)
-  one = jax.jit(lambda s, b: step_lib.loss_and_grads(setup, s, setup.frozen_base,
-                                                  setup.frozen_models, b, 1))(state, batches[0])
-  four = jax.jit(lambda s, b: step_lib.loss_and_grads(setup, s, setup.frozen_base,
-                                                   setup.frozen_models, b, 4))(state, batches[0])
+  state, frozen, context, batches = build_run(config, tmp_path)
+  one = jax.jit(lambda s, f, b: step_lib.loss_and_grads(context, s, f, b, 1))(
+      state, frozen, batches[0])
+  four = jax.jit(lambda s, f, b: step_lib.loss_and_grads(context, s, f, b, 4))(
+      state, frozen, batches[0])
   np.testing.assert_allclose(four[0], one[0], rtol=1e-5, atol=1e-6)
   for g4, g1 in zip(jax.tree_util.tree_leaves(four[1]), jax.tree_util.tree_leaves(one[1])):
     np.testing.assert_allclose(g4, g1, rtol=1e-4, atol=1e-6)
@@ -63,13 +63,13 @@ def test_gradient_accumulation_equals_one_large_batch(pipeline, small_dataset, t
 
 def test_nonfinite_step_is_skipped_and_counted(small_dataset, tmp_path):
   config = tiny_config("baseline", small_dataset)
-  state, setup, batches = build_run(config, tmp_path)
+  state, frozen, context, batches = build_run(config, tmp_path)
   before = jax.device_get(state.trainable)
   leaf = ("params", "norm", "weight")
   flat = flax.traverse_util.flatten_dict(state.trainable)
   flat[leaf] = flat[leaf].at[0].set(jnp.nan)
   bad = state.replace(trainable={**flax.traverse_util.unflatten_dict(flat), "lora": {}})
-  new_state, metrics = step_fn(setup, config)(bad, batches[0])
+  new_state, metrics = step_fn(context, frozen, config)(bad, batches[0])
   assert int(metrics["skipped_steps"]) == 1 and int(metrics["nonfinite_streak"]) == 1
   assert int(new_state.step) == 1
   after = flax.traverse_util.flatten_dict(jax.device_get(new_state.trainable))
@@ -84,25 +84,25 @@ def test_lora_trains_only_adapters_and_merges(small_dataset, tmp_path):
   config.lora.settings.rank = 4
   config.lora.settings.targets = ("q", "v", "down")
   config.train.trainable = "norm/.*"  # plus one base parameter group that trains
-  state, setup, batches = build_run(config, tmp_path)
-  frozen_before = jax.device_get(setup.frozen_base)
-  step = step_fn(setup, config)
+  state, frozen, context, batches = build_run(config, tmp_path)
+  frozen_before = jax.device_get(frozen.base)
+  step = step_fn(context, frozen, config)
   for _ in range(3):
     state, _ = step(state, batches[0])
-  for after, before in zip(jax.tree_util.tree_leaves(jax.device_get(setup.frozen_base)),
+  for after, before in zip(jax.tree_util.tree_leaves(jax.device_get(frozen.base)),
                            jax.tree_util.tree_leaves(frozen_before)):
     np.testing.assert_array_equal(after, before)
   assert set(state.trainable["params"]) == {"norm"}
   assert any(np.abs(np.asarray(b)).sum() > 0
              for b in jax.tree_util.tree_leaves(state.trainable["lora"]))
-  params = state_lib.full_params(state.trainable, setup.frozen_base)
+  params = state_lib.full_params(state.trainable, frozen.base)
   tokens, mask = batches[0]["tokens"], batches[0]["attention_mask"]
-  with lora.applied(state.trainable["lora"], setup.lora_cfg):
-    adapted = setup.objective.model.apply({"params": params}, tokens, mask)
-  merged = setup.objective.model.apply(
-      {"params": lora.merge(params, state.trainable["lora"], setup.lora_cfg)}, tokens, mask)
+  with lora.applied(state.trainable["lora"], context.lora_cfg):
+    adapted = context.objective.model.apply({"params": params}, tokens, mask)
+  merged = context.objective.model.apply(
+      {"params": lora.merge(params, state.trainable["lora"], context.lora_cfg)}, tokens, mask)
   np.testing.assert_allclose(merged, adapted, rtol=1e-4, atol=1e-4)
   opt_leaves = sum(x.size for x in jax.tree_util.tree_leaves(state.opt_state))
   n_trainable = sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))
-  n_all = n_trainable + sum(x.size for x in jax.tree_util.tree_leaves(setup.frozen_base))
+  n_all = n_trainable + sum(x.size for x in jax.tree_util.tree_leaves(frozen.base))
   assert opt_leaves < 3 * n_trainable + 16 < n_all  # Adam moments for the trainable part only

@@ -1,6 +1,7 @@
 """Helpers of the training tests: a run's state and first batches, a jitted step, trained
 prerequisites, the losses a run logged."""
 
+import functools
 import json
 import pathlib
 
@@ -14,21 +15,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def build_run(config, tmp_path, *, steps=None):
-  """``(state, setup, batches)`` with the first batches of the run's data."""
+  """``(state, frozen, context, batches)`` with the first batches of the run's data."""
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
   data = run_data.build(config, objective, tmp_path)
-  state, setup, _ = state_lib.build_state(config, objective, mesh, rules,
-                                          steps or config.train.steps)
+  state, frozen, context, _ = state_lib.build_state(config, objective, mesh, rules,
+                                                    steps or config.train.steps)
   it = iter(data.train)
-  batches = [data.to_global(next(it), setup.batch_sharding) for _ in range(2)]
-  return state, setup, batches
+  batches = [data.to_global(next(it), context.batch_sharding) for _ in range(2)]
+  return state, frozen, context, batches
 
 
-def step_fn(setup, config):
-  return jax.jit(lambda s, b: step_lib.train_step(setup, config.train.grad_accum, s,
-                                                  setup.frozen_base, setup.frozen_models, b))
+def step_fn(context, frozen, config):
+  """``step(state, batch)``: the jitted train step, ``frozen`` passed as its argument."""
+  step = jax.jit(functools.partial(step_lib.train_step, context, config.train.grad_accum))
+  return lambda state, batch: step(state, frozen, batch)
 
 
 def with_prerequisites(config, tmp_path):

@@ -52,11 +52,11 @@ def _measure(n_devices: int, batch_size: int, seq_len: int, steps: int, remat: s
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
-  state, setup, _ = state_lib.build_state(config, objective, mesh, rules, steps + 1)
+  state, frozen, context, _ = state_lib.build_state(config, objective, mesh, rules, steps + 1)
   tokens_BxS = np.random.default_rng(0).integers(0, config.model.vocab_size, (batch_size, seq_len))
   batch = jax.device_put({"tokens": tokens_BxS, "labels": tokens_BxS,
-                          "attention_mask": np.ones_like(tokens_BxS)}, setup.batch_sharding)
-  step, _, memory = step_lib.compile_steps(setup, config, state, batch)
+                          "attention_mask": np.ones_like(tokens_BxS)}, context.batch_sharding)
+  step, _, memory = step_lib.compile_steps(context, config, state, frozen, batch)
   device = jax.devices()[0]
   state_bytes = sum(s.data.nbytes for x in jax.tree_util.tree_leaves((state.trainable,
                                                                       state.opt_state))
@@ -65,7 +65,7 @@ def _measure(n_devices: int, batch_size: int, seq_len: int, steps: int, remat: s
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for _ in range(steps + 1):
       t0 = time.perf_counter()
-      state, metrics = step(state, setup.frozen_base, setup.frozen_models, batch)
+      state, metrics = step(state, frozen, batch)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - t0)
   return {"devices": n_devices, "state_mib": state_bytes / 2**20, **memory,
@@ -126,8 +126,9 @@ def _aot_memory(n_devices: int, shape: str, preset: str, batch_size: int, remat:
   tokens = jax.ShapeDtypeStruct((batch_size, config.data.max_len), jnp.int32,
                                 sharding=batch_sharding)
   batch = {"tokens": tokens, "labels": tokens, "attention_mask": tokens}
-  setup = state_lib.Setup(objective, lora_cfg, tx, frozen_base, {}, mesh, rules, batch_sharding)
-  _, _, memory = step_lib.compile_steps(setup, config, state, batch)
+  context = state_lib.StepContext(objective, lora_cfg, tx, mesh, rules, batch_sharding)
+  _, _, memory = step_lib.compile_steps(context, config, state,
+                                        state_lib.Frozen(base=frozen_base, models={}), batch)
   return {"model": "baseline:7b", "devices": n_devices, "mesh": dict(mesh.shape),
           "preset": preset, "remat": remat, "batch_size": batch_size,
           "seq_len": config.data.max_len, **memory,
@@ -145,12 +146,12 @@ def _compile_time(n_layers: int, scan_layers: bool, batch_size: int, seq_len: in
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
-  state, setup, _ = state_lib.build_state(config, objective, mesh, rules, 1)
+  state, frozen, context, _ = state_lib.build_state(config, objective, mesh, rules, 1)
   tokens_BxS = np.zeros((batch_size, seq_len), np.int32)
   batch = jax.device_put({"tokens": tokens_BxS, "labels": tokens_BxS,
-                          "attention_mask": np.ones_like(tokens_BxS)}, setup.batch_sharding)
+                          "attention_mask": np.ones_like(tokens_BxS)}, context.batch_sharding)
   t0 = time.perf_counter()
-  _, _, memory = step_lib.compile_steps(setup, config, state, batch)
+  _, _, memory = step_lib.compile_steps(context, config, state, frozen, batch)
   return {"scan_layers": scan_layers, "compile_s": time.perf_counter() - t0, **memory}
 
 

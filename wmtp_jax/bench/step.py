@@ -59,13 +59,13 @@ def _time(fn, *args, repeats: int) -> float:
   return float(np.median(times))
 
 
-def _parts(setup, state, batch, repeats: int) -> dict[str, float]:
+def _parts(context, state, frozen, batch, repeats: int) -> dict[str, float]:
   """Median seconds of each part of the step, jitted alone."""
-  objective = setup.objective
+  objective = context.objective
   critic = objective.frozen_models["critic"]
   w = objective.config.weighting
   critic_fwd = jax.jit(lambda p, b: critic.apply({"params": p}, b["tokens"], b["attention_mask"]))
-  values = critic_fwd(setup.frozen_models["critic"], batch)
+  values = critic_fwd(frozen.models["critic"], batch)
   mask = base.response_mask(batch)
 
   @jax.jit
@@ -77,8 +77,8 @@ def _parts(setup, state, batch, repeats: int) -> dict[str, float]:
   norms = objective.normalizers(batch)
 
   def policy_loss(trainable):
-    params = state_lib.full_params(trainable, setup.frozen_base)
-    apply = step_lib.model_apply(setup, trainable["lora"], None)
+    params = state_lib.full_params(trainable, frozen.base)
+    apply = step_lib.model_apply(context, trainable["lora"], None)
     ce, valid = objective.policy_terms(params, apply, batch)
     return base.weighted_ce(ce, valid, losses.expand_weights(fixed_w, objective.n), norms)[0]
 
@@ -87,11 +87,11 @@ def _parts(setup, state, batch, repeats: int) -> dict[str, float]:
 
   @jax.jit
   def optimizer(grads, opt_state, trainable):
-    updates, opt_state = setup.tx.update(grads, opt_state, trainable)
+    updates, opt_state = context.tx.update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state
 
   return {
-      "critic_forward_s": _time(critic_fwd, setup.frozen_models["critic"], batch, repeats=repeats),
+      "critic_forward_s": _time(critic_fwd, frozen.models["critic"], batch, repeats=repeats),
       "weighting_s": _time(weights, values, state.aux["ema"], repeats=repeats),
       "policy_forward_backward_s": _time(policy_fb, state.trainable, repeats=repeats),
       "optimizer_s": _time(optimizer, grads, state.opt_state, state.trainable, repeats=repeats),
@@ -104,21 +104,21 @@ def measure(model: str, batch_size: int, seq: int, repeats: int, peak: float,
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
-  state, setup, _ = state_lib.build_state(config, objective, mesh, rules, total_steps=1000)
+  state, frozen, context, _ = state_lib.build_state(config, objective, mesh, rules,
+                                                    total_steps=1000)
   batch = _batch(config, batch_size, seq)
-  step_fn, _, memory = step_lib.compile_steps(setup, config, state, batch)
+  step_fn, _, memory = step_lib.compile_steps(context, config, state, frozen, batch)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     holder = {"state": state}
 
     def one_step():
-      holder["state"], metrics = step_fn(holder["state"], setup.frozen_base, setup.frozen_models,
-                                         batch)
+      holder["state"], metrics = step_fn(holder["state"], frozen, batch)
       return metrics
 
     step_s = _time(one_step, repeats=repeats)
-    parts = _parts(setup, holder["state"], batch, repeats)
+    parts = _parts(context, holder["state"], frozen, batch, repeats)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(
-      state_lib.full_params(holder["state"].trainable, setup.frozen_base)))
+      state_lib.full_params(holder["state"].trainable, frozen.base)))
   tokens = batch_size * seq
   step_flops = flops.train_flops_per_token(objective, seq) * tokens
   return {"model": model, "memory_efficient_loss": memory_efficient,

@@ -12,7 +12,7 @@ from wmtp_jax.eval import runner
 METRIC = "eval_pass_at_1"  # tensorboard tags allow no "@"
 
 
-def at_interval(config, setup, state, step: int, data, logger) -> dict[str, float]:
+def at_interval(config, context, state, frozen, step: int, data, logger) -> dict[str, float]:
   """``{"eval_pass_at_1": pass@1}`` of ``state`` (also written to ``logger`` at ``step``) when
   ``step`` is a multiple of ``config.evaluate.every_steps``, else ``{}``. ``state`` is only read:
   the generation finishes before the next train step donates it."""
@@ -22,9 +22,9 @@ def at_interval(config, setup, state, step: int, data, logger) -> dict[str, floa
   from wmtp_jax.training import state as state_lib  # pylint: disable=import-outside-toplevel  (the loop imports this module)
   problems = runner.split_problems(data.directory, e.split, e.interval_problems)
   result = runner.evaluate_problems(
-      setup.objective.model, state_lib.merged_params(setup, state), data.tokenizer, problems,
-      max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=config.seed,
-      mesh=setup.mesh, rules=setup.rules)
+      context.objective.model, state_lib.merged_params(context, state, frozen), data.tokenizer,
+      problems, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=config.seed,
+      mesh=context.mesh, rules=context.rules)
   values = {METRIC: result["summary"]["pass@1"]}
   logger.write(step, values)
   return values

@@ -67,7 +67,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
   total_steps = run_steps(config, data.examples_per_epoch)
 
   # 2. Abstract-first init.
-  state, setup, schedules = build_state(config, objective, mesh, rules, total_steps)
+  state, frozen, context, schedules = build_state(config, objective, mesh, rules, total_steps)
   checkpointer = checkpointing.Checkpointer(
       workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
       best_metric=config.checkpoint.best_metric or None, best_mode=config.checkpoint.best_mode)
@@ -82,9 +82,9 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
   start = int(start or 0)
 
   # 4. Compile.
-  to_device = lambda b: data.to_global(b, setup.batch_sharding)
+  to_device = lambda b: data.to_global(b, context.batch_sharding)
   first = to_device(next(iterator))
-  step_fn, eval_fn, memory = compile_steps(setup, config, state, first)
+  step_fn, eval_fn, memory = compile_steps(context, config, state, frozen, first)
   logger = metrics_log.MetricsLogger(workdir, phase=phase, total_steps=total_steps)
   if memory:
     logger.write(start, memory)
@@ -100,7 +100,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       while step < total_steps:
         t0 = time.time()
-        state, metrics = step_fn(state, setup.frozen_base, setup.frozen_models, batch)
+        state, metrics = step_fn(state, frozen, batch)
         step += 1
         if pending is not None:  # fetch the previous step's metrics while this one runs
           last = _log(logger, pending, schedules, objective, peak, config)
@@ -108,9 +108,9 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
         _check_nonfinite(pending, config)
         val = None
         if config.train.eval_every and (step % config.train.eval_every == 0 or step == total_steps):
-          val = _validate(eval_fn, setup, state, data, logger, step)
+          val = _validate(eval_fn, context, state, frozen, data, logger, step)
           last.update(val)
-        last.update(interval.at_interval(config, setup, state, step, data, logger))
+        last.update(interval.at_interval(config, context, state, frozen, step, data, logger))
         # The iterator has yielded exactly the batches of steps 1 … step: save it before prefetching.
         saved = checkpointer.save(step, state, iterator, metrics=val,
                                   force=step == total_steps or preemption.requested)
@@ -123,7 +123,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
       if pending is not None:
         last.update(_log(logger, pending, schedules, objective, peak, config, final=True))
     if step == total_steps:
-      export_model(setup, state, workdir / pretrained.RUN_EXPORT_DIR, data.tokenizer)
+      export_model(context, state, frozen, workdir / pretrained.RUN_EXPORT_DIR, data.tokenizer)
   finally:
     preemption.restore()
     checkpointer.close()
@@ -172,12 +172,12 @@ def _log(logger, pending, schedules, objective, peak, config, *, final=False):
   return values
 
 
-def _validate(eval_fn, setup, state, data, logger, step):
+def _validate(eval_fn, context, state, frozen, data, logger, step):
   totals: dict[str, float] = {}
   n = 0
   for batch in data.validation():
     metrics, _ = metrics_log.split_histograms(jax.device_get(eval_fn(
-        state, setup.frozen_base, setup.frozen_models, data.to_global(batch, setup.batch_sharding))))
+        state, frozen, data.to_global(batch, context.batch_sharding))))
     metrics = metrics_log.flatten(metrics)
     for k, v in metrics.items():
       totals[k] = totals.get(k, 0.0) + v

@@ -1,6 +1,9 @@
-"""The train state and what the step needs besides it; building both for a fresh run; the
+"""The train state and what the step needs besides it; building them for a fresh run; the
 trained model's params (LoRA merged) and their export.
 
+The step is ``step(context, …)(state, frozen, batch)``: ``StepContext`` holds the static objects
+(objective and model, LoRA config, optimizer, mesh, rules, batch sharding), bound into the jitted
+function; the arrays are its arguments: the ``TrainState`` (donated) and the ``Frozen`` params.
 ``build_state`` splits the initial params into the trainable part (base params matching
 ``config.train.trainable`` and the LoRA adapters, with optimizer state) and the frozen part (the
 rest of the base params, and the frozen critic / reference models).
@@ -37,14 +40,20 @@ class TrainState:
   bad_streak: jax.Array   # consecutive non-finite steps
 
 
-@dataclasses.dataclass
-class Setup:
-  """What the step needs besides the state: the model, the frozen parameters and the optimizer."""
+@flax.struct.dataclass
+class Frozen:
+  """The params that do not train: an argument of the step, never donated."""
+  base: Any     # base params of the trained model that do not train (LoRA, config.train.trainable)
+  models: dict  # {name: params} of the frozen critic / reference models
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """What the step needs besides its arrays, fixed for a run: static objects only (no arrays),
+  hashable, bound into the jitted steps."""
   objective: objectives.Objective
   lora_cfg: lora.LoRAConfig | None
   tx: optax.GradientTransformation
-  frozen_base: Any          # base params of the trained model that do not train (LoRA, freezing)
-  frozen_models: dict       # params of frozen critic / reference models
   mesh: jax.sharding.Mesh
   rules: mesh_lib.Rules
   batch_sharding: jax.sharding.NamedSharding
@@ -55,7 +64,9 @@ def full_params(trainable, frozen_base):
 
 
 def build_state(config, objective, mesh, rules, total_steps: int):
-  """``(state, setup)`` for a fresh run (restoring a checkpoint replaces the state later)."""
+  """``(state, frozen, context, schedules)`` of a fresh run: the ``TrainState`` (restoring a
+  checkpoint replaces it later), the ``Frozen`` params, the ``StepContext`` and the learning-rate
+  schedules by parameter group (``{name: optax schedule}``, for logging)."""
   rng_model, rng_lora, rng_state = init_lib.rngs(config)
   frozen_dtype = init_lib.frozen_param_dtype(config)
   params = init_lib.initial_params(config, objective, mesh, rules)
@@ -87,8 +98,8 @@ def build_state(config, objective, mesh, rules, total_steps: int):
       skipped=jax.device_put(jnp.int32(0), replicated),
       bad_streak=jax.device_put(jnp.int32(0), replicated))
   batch_sharding = nn.logical_to_mesh_sharding(jax.sharding.PartitionSpec("batch"), mesh, rules)
-  setup = Setup(objective, lora_cfg, tx, frozen_base, frozen_models, mesh, rules, batch_sharding)
-  return state, setup, schedules
+  context = StepContext(objective, lora_cfg, tx, mesh, rules, batch_sharding)
+  return state, Frozen(base=frozen_base, models=frozen_models), context, schedules
 
 
 def optimizer_shardings(tx, model: nn.Module, trainable, mesh, rules, is_trainable):
@@ -104,21 +115,22 @@ def optimizer_shardings(tx, model: nn.Module, trainable, mesh, rules, is_trainab
                                like_params, transform_non_params=lambda _: replicated)
 
 
-def merged_params(setup: Setup, state: TrainState):
+def merged_params(context: StepContext, state: TrainState, frozen: Frozen):
   """The trained model's full params tree with the LoRA adapters (if any) folded in."""
-  params = full_params(state.trainable, setup.frozen_base)
-  if setup.lora_cfg is not None:
-    params = lora.merge(params, state.trainable["lora"], setup.lora_cfg)
+  params = full_params(state.trainable, frozen.base)
+  if context.lora_cfg is not None:
+    params = lora.merge(params, state.trainable["lora"], context.lora_cfg)
   return params
 
 
-def export_model(setup: Setup, state: TrainState, path: pathlib.Path, tokenizer) -> None:
+def export_model(context: StepContext, state: TrainState, frozen: Frozen, path: pathlib.Path,
+                 tokenizer) -> None:
   """Write the trained model (LoRA merged) as a converted-checkpoint directory
   (``wmtp_jax.checkpoints.pretrained`` layout) that other runs load by path: ``WORKDIR/model``."""
   if (path / pretrained.CONFIG_FILE).is_file():
     return  # a resumed, already finished run
-  model = setup.objective.model
-  pretrained.save_params(path, model.cfg, merged_params(setup, state),
+  model = context.objective.model
+  pretrained.save_params(path, model.cfg, merged_params(context, state, frozen),
                          kind=pretrained.model_kind(model))
   if jax.process_index() == 0:
     tokenizer.save_pretrained(str(path / pretrained.TOKENIZER_DIR))

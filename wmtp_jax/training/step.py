@@ -15,19 +15,19 @@ import jax.numpy as jnp
 import optax
 
 from wmtp_jax.training import lora, mesh as mesh_lib
-from wmtp_jax.training.state import Setup, TrainState, full_params
+from wmtp_jax.training.state import Frozen, StepContext, TrainState, full_params
 
 log = logging.getLogger("wmtp_jax")
 
 
-def model_apply(setup: Setup, lora_params, rng):
+def model_apply(context: StepContext, lora_params, rng):
   """``apply(params, *args, **kw)`` of the trained model with the LoRA adapters (if any) added."""
-  model = setup.objective.model
+  model = context.objective.model
 
   def apply(params, *args, **kwargs):
-    if setup.lora_cfg is None:
+    if context.lora_cfg is None:
       return model.apply({"params": params}, *args, **kwargs)
-    with lora.applied(lora_params, setup.lora_cfg, rng=rng):
+    with lora.applied(lora_params, context.lora_cfg, rng=rng):
       return model.apply({"params": params}, *args, **kwargs)
   return apply
 
@@ -41,16 +41,16 @@ def _micro_batches(batch, n: int):
   return jax.tree_util.tree_map(split, batch)
 
 
-def loss_and_grads(setup: Setup, state: TrainState, frozen_base, frozen_models, batch,
+def loss_and_grads(context: StepContext, state: TrainState, frozen: Frozen, batch,
                    grad_accum: int, *, train: bool = True):
   """Summed loss, fp32 gradients, micro-batch-averaged metrics and summed aux statistics."""
-  objective = setup.objective
+  objective = context.objective
   norms = objective.normalizers(batch)
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def micro_loss(trainable, micro, rng):
-    apply = model_apply(setup, trainable["lora"], rng if train else None)
-    return objective.loss(full_params(trainable, frozen_base), apply, frozen_models, micro, norms,
+    apply = model_apply(context, trainable["lora"], rng if train else None)
+    return objective.loss(full_params(trainable, frozen.base), apply, frozen.models, micro, norms,
                           state.aux, rng)
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -73,17 +73,16 @@ def loss_and_grads(setup: Setup, state: TrainState, frozen_base, frozen_models, 
   return loss, grads, metrics, sums
 
 
-def train_step(setup: Setup, grad_accum: int, state: TrainState, frozen_base, frozen_models, batch):
+def train_step(context: StepContext, grad_accum: int, state: TrainState, frozen: Frozen, batch):
   """One optimizer step (jitted with the state donated)."""
-  loss, grads, metrics, sums = loss_and_grads(setup, state, frozen_base, frozen_models, batch,
-                                              grad_accum)
+  loss, grads, metrics, sums = loss_and_grads(context, state, frozen, batch, grad_accum)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   def apply_update(state):
-    updates, opt_state = setup.tx.update(grads, state.opt_state, state.trainable)
+    updates, opt_state = context.tx.update(grads, state.opt_state, state.trainable)
     return state.replace(trainable=optax.apply_updates(state.trainable, updates),
-                         opt_state=opt_state, aux=setup.objective.update_aux(state.aux, sums),
+                         opt_state=opt_state, aux=context.objective.update_aux(state.aux, sums),
                          bad_streak=jnp.zeros_like(state.bad_streak))
 
   def skip(state):
@@ -96,21 +95,23 @@ def train_step(setup: Setup, grad_accum: int, state: TrainState, frozen_base, fr
   return new_state, metrics
 
 
-def eval_step(setup: Setup, state: TrainState, frozen_base, frozen_models, batch):
+def eval_step(context: StepContext, state: TrainState, frozen: Frozen, batch):
   """Validation metrics of one batch (no update, no dropout)."""
-  _, _, metrics, _ = loss_and_grads(setup, state, frozen_base, frozen_models, batch, 1, train=False)
+  _, _, metrics, _ = loss_and_grads(context, state, frozen, batch, 1, train=False)
   return metrics
 
 
-def compile_steps(setup: Setup, config, state, batch):
-  """``(train step, eval step, memory)``: jitted steps (the state keeps its shardings across steps)
-  and the compiled memory per device of the train step in MiB (``{}`` if the backend has none)."""
-  replicated = mesh_lib.replicated(setup.mesh)
-  step = jax.jit(functools.partial(train_step, setup, config.train.grad_accum), donate_argnums=0,
+def compile_steps(context: StepContext, config, state: TrainState, frozen: Frozen, batch):
+  """``(train step, eval step, memory)``: ``step(state, frozen, batch) -> (state, metrics)``
+  jitted with the state donated (it keeps its shardings across steps), ``evaluate(state, frozen,
+  batch) -> metrics``, and the compiled memory per device of the train step in MiB (``{}`` if the
+  backend has none). The context is bound, static; the arrays are arguments."""
+  replicated = mesh_lib.replicated(context.mesh)
+  step = jax.jit(functools.partial(train_step, context, config.train.grad_accum), donate_argnums=0,
                  out_shardings=(jax.tree_util.tree_map(lambda x: x.sharding, state), replicated))
-  evaluate = jax.jit(functools.partial(eval_step, setup))
-  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    compiled = step.lower(state, setup.frozen_base, setup.frozen_models, batch).compile()
+  evaluate = jax.jit(functools.partial(eval_step, context))
+  with jax.set_mesh(context.mesh), nn.logical_axis_rules(context.rules):
+    compiled = step.lower(state, frozen, batch).compile()
   memory = memory_mib(compiled)
   if memory:
     log.info("train step memory per device (MiB): %s",
