@@ -23,7 +23,7 @@ def test_interval_evaluation_logs_pass_at_1_of_the_current_params(small_dataset,
   monkeypatch.setattr(interval.runner, "evaluate_problems",
                       lambda *a, **k: results.append(evaluate(*a, **k)) or results[-1])
   run = tmp_path / "run"
-  last = loop.run(config, run)
+  last = loop.run(config, run, hooks=[interval.hook(config)])
   rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
   logged = {r["step"]: r[interval.METRIC] for r in rows if interval.METRIC in r}
   assert sorted(logged) == [2, 4] and all(0.0 <= v <= 1.0 for v in logged.values())

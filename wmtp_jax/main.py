@@ -19,7 +19,9 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
+from wmtp_jax import eval as eval_lib
 from wmtp_jax.config import common as config_lib
+from wmtp_jax.eval import compare, interval
 from wmtp_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
@@ -61,13 +63,12 @@ def train_prerequisites(config, workdir: pathlib.Path) -> dict:
 def run(config, workdir: pathlib.Path) -> dict:
   """Train ``config`` (and the frozen models it needs) in ``workdir``; returns the final report."""
   if config.pipeline == "evaluate":
-    from wmtp_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
     return eval_lib.run(config, workdir)
   config_lib.check_required(config)
   report = train_prerequisites(config, workdir)
-  report[config.pipeline] = loop.run(config, workdir / config.pipeline)
+  hooks = (interval.hook(config),) if config.evaluate.every_steps else ()
+  report[config.pipeline] = loop.run(config, workdir / config.pipeline, hooks=hooks)
   if config.evaluate.enabled:
-    from wmtp_jax.eval import compare  # pylint: disable=g-import-not-at-top
     report["evaluation"] = compare.trained_vs_untrained(config, workdir / config.pipeline)
   (workdir / "report.json").write_text(json.dumps(report, indent=2, default=float))
   return report

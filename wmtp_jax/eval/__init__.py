@@ -4,8 +4,8 @@ scoring, the unbiased pass@k estimator, per-head metrics and the ``evaluate`` pi
 * ``evaluate_problems(model, params, tokenizer, problems, …) -> {"summary", "per_problem",
   "samples"}``: generate (``wmtp_jax.decoding.generator``; optionally self-speculative) and score.
 * ``run(config, workdir)``: the ``evaluate`` pipeline (``configs/evaluate.py``).
-* ``interval.at_interval(config, setup, state, step, data, logger)``: held-out pass@1 of the
-  policy every ``config.evaluate.every_steps`` training steps (``wmtp_jax.training.loop``).
+* ``interval.hook(config)``: held-out pass@1 of the policy every ``config.evaluate.every_steps``
+  training steps, a hook of ``wmtp_jax.training.loop.run``.
 * ``score_completions(problems, completions, …)``: sandboxed verdicts; ``python -m
   wmtp_jax.eval.score``: score a JSONL of completions produced by any model.
 

@@ -8,9 +8,9 @@ Phases of ``run(config, workdir)``:
      for the trainable part only;
   3. restore the latest checkpoint of ``workdir`` if there is one (exact resume);
   4. compile the step (donated state) and report its memory per device (log and metrics.jsonl);
-  5. loop: batch → step → (one step later) metrics → validation → held-out pass@1 every
-     ``config.evaluate.every_steps`` (``eval.interval``) → checkpoint; SIGTERM saves and stops;
-     too many non-finite steps in a row stop the run with an error.
+  5. loop: batch → step → (one step later) metrics → validation → the caller's hooks (e.g.
+     held-out pass@1, ``eval.interval``) → checkpoint; SIGTERM saves and stops; too many
+     non-finite steps in a row stop the run with an error.
 """
 
 import logging
@@ -18,17 +18,18 @@ import math
 import pathlib
 import signal
 import time
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 
 from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
 from wmtp_jax.training import flops, mesh as mesh_lib, metrics_log
+from wmtp_jax.training.hooks import Hook, StepView
 from wmtp_jax.training.state import build_state, export_model
 from wmtp_jax.training.step import compile_steps
 from wmtp_jax import objectives
 from wmtp_jax.data import run_data
-from wmtp_jax.eval import interval
 
 log = logging.getLogger("wmtp_jax")
 
@@ -54,8 +55,11 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dict[str, float]:
-  """Train ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns final metrics."""
+def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
+        hooks: Sequence[Hook] = ()) -> dict[str, float]:
+  """Train ``config`` in ``workdir`` (resuming if it holds a checkpoint), running ``hooks`` after
+  the steps where they are due; returns the final metrics. ``phase`` (default: the pipeline)
+  prefixes the tensorboard tags."""
   workdir = pathlib.Path(workdir)
   phase = phase or config.pipeline
   # 1. Set-up.
@@ -110,7 +114,11 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None) -> dic
         if config.train.eval_every and (step % config.train.eval_every == 0 or step == total_steps):
           val = _validate(eval_fn, context, state, frozen, data, logger, step)
           last.update(val)
-        last.update(interval.at_interval(config, context, state, frozen, step, data, logger))
+        for hook in hooks:
+          if hook.due(step):
+            values = hook.fn(StepView(step, state, frozen, context, data))
+            logger.write(step, values)
+            last.update(values)
         # The iterator has yielded exactly the batches of steps 1 … step: save it before prefetching.
         saved = checkpointer.save(step, state, iterator, metrics=val,
                                   force=step == total_steps or preemption.requested)
