@@ -1,8 +1,10 @@
 """Exports of a converted directory (``checkpoints.export`` through ``python -m wmtp_jax.convert
 export-hf | export-meta``): round trips reproduce every tensor, ``transformers`` loads the HF
-export, the MTP heads 1 … n−1 of ``extra_heads.safetensors`` match the PyTorch reference, and an
-inconsistent tree / config pair is an error."""
+export, the MTP heads 1 … n−1 of ``extra_heads.safetensors`` match the PyTorch reference, an HF
+export of an MTP model imports back (``hf``) as the same MTP model, and an inconsistent tree /
+config pair is an error."""
 
+import dataclasses
 import json
 import shutil
 
@@ -16,6 +18,8 @@ from convert_helpers import (MTP, TOKENIZER_VOCAB, VOCAB, hf_logits, meta_model,
                              tokenizer_dir, write_hf, write_meta)
 from flax import traverse_util
 from torch_reference import TorchMTP, hf_llama, padded_batch, randomize_
+
+import jax
 
 from wmtp_jax.checkpoints import export, pretrained
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
@@ -103,6 +107,65 @@ def test_mtp_export_hf_next_token_path_and_extra_heads(tmp_path, meta_model):
       logits = hf.lm_head(hf.model.norm(h)).numpy()
     np.testing.assert_allclose(logits, want[:, :, k], rtol=1e-4, atol=1e-4)
   assert len(extra) == 9 * (cfg.n_future_tokens - 1)
+
+
+def _same_params(got: dict, want: dict) -> None:
+  assert traverse_util.flatten_dict(got).keys() == traverse_util.flatten_dict(want).keys()
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_hf_import_of_an_mtp_export_restores_every_head(tmp_path, meta_model):
+  """export-hf then ``hf``: the MTP model again (kind ``mtp``), every head, the same config and
+  bit-identical params. An export written before ``extra_heads.safetensors`` carried the MTP
+  fields (its metadata names ``n_future_tokens`` only) gives the same model, its FFN width as
+  ``multiple_of``."""
+  cfg, _, _, converted = meta_model
+  run("export-hf", "--src", converted, "--dst", tmp_path / "hf")
+  summary = run("hf", "--src", tmp_path / "hf", "--dst", tmp_path / "back")
+  assert summary["kind"] == "mtp"
+  _, want = pretrained.load_pretrained(converted)
+  config, params = pretrained.load_pretrained(tmp_path / "back")
+  assert config == cfg
+  _same_params(params, want)
+
+  old = tmp_path / "old"
+  shutil.copytree(tmp_path / "hf", old)
+  heads = safetensors.torch.load_file(old / export.EXTRA_HEADS_FILE)
+  safetensors.torch.save_file(heads, old / export.EXTRA_HEADS_FILE, metadata={
+      "format": "pt", "n_future_tokens": str(cfg.n_future_tokens)})
+  assert run("hf", "--src", old, "--dst", tmp_path / "old_back")["kind"] == "mtp"
+  config, params = pretrained.load_pretrained(tmp_path / "old_back")
+  assert config.block == cfg.block and config.multiple_of == cfg.block.ffn_hidden
+  assert config == dataclasses.replace(cfg, multiple_of=config.multiple_of,
+                                       ffn_dim_multiplier=config.ffn_dim_multiplier)
+  _same_params(params, want)
+
+
+def test_hf_import_of_a_one_head_mtp_export(tmp_path, tokenizer_dir):
+  """``n_future_tokens=1``: ``extra_heads.safetensors`` holds no tensor, yet says MTP."""
+  cfg = MTPConfig(**{**MTP, "n_layers": 3, "n_future_tokens": 1})
+  ref = TorchMTP(cfg)
+  randomize_(ref, seed=2)
+  src = write_meta(tmp_path / "src", cfg, ref)
+  run("meta", "--src", src, "--dst", tmp_path / "ours", "--tokenizer", tokenizer_dir)
+  run("export-hf", "--src", tmp_path / "ours", "--dst", tmp_path / "hf")
+  assert run("hf", "--src", tmp_path / "hf", "--dst", tmp_path / "back")["kind"] == "mtp"
+  config, params = pretrained.load_pretrained(tmp_path / "back")
+  assert config == cfg
+  _same_params(params, pretrained.load_pretrained(tmp_path / "ours")[1])
+
+
+def test_hf_import_of_an_mtp_export_checks_its_config(tmp_path, meta_model):
+  """extra_heads metadata that disagrees with config.json is an error naming both files."""
+  _, _, _, converted = meta_model
+  run("export-hf", "--src", converted, "--dst", tmp_path / "hf")
+  hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+  hf_config["intermediate_size"] += 32
+  (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_config))
+  with pytest.raises(ValueError, match=r"extra_heads\.safetensors: .*ffn_hidden.* does not "
+                     r"match .*config\.json"):
+    run("hf", "--src", tmp_path / "hf", "--dst", tmp_path / "back")
+  assert not (tmp_path / "back").exists()
 
 
 def test_load_and_export_check_the_tree_against_the_config(tmp_path, meta_model):

@@ -15,7 +15,9 @@ Sources:
     ``model.safetensors.index.json`` | ``pytorch_model.bin`` (optionally sharded with
     ``pytorch_model.bin.index.json``) → a ``LlamaForCausalLM`` tree (``kind: llama``; the
     ``ValueModel`` backbone is its ``model`` subtree). The tokenizer files come from the same
-    directory or ``--tokenizer``.
+    directory or ``--tokenizer``. An ``export-hf`` output of an MTP model (``config.json`` of
+    the next-token path + ``extra_heads.safetensors``) becomes that MTP model again (``kind:
+    mtp``, every head; see ``wmtp_jax.checkpoints.export.exported_mtp_config``).
   ``--dtype`` is the stored parameter dtype (default fp32: exact for fp16/bf16/fp32 sources).
   The destination layout is described in ``wmtp_jax.checkpoints.pretrained``.
 
@@ -26,8 +28,9 @@ Exports (``--src`` a converted directory; ``--dtype`` defaults to the original c
     (``n_layers − n_future + 1`` layers: trunk + head 0, shared norm and output) and
     ``extra_heads.safetensors`` holds heads 1 … n−1 as ``extra_heads.{k−1}.<block sub-key>`` in HF
     layout (``self_attn.q_proj.weight``, …, ``mlp.gate_proj.weight``, ``input_layernorm.weight``,
-    …; see ``wmtp_jax.checkpoints.layouts.mtp_hf_entries``), with ``n_future_tokens`` in its
-    metadata.
+    …; see ``wmtp_jax.checkpoints.layouts.mtp_hf_entries``; no tensor for ``n_future = 1``),
+    with ``n_future_tokens`` and the MTP config (``mtp_config``: the fields of Meta's
+    ``params.json``) in its metadata.
   ``export-meta``: ``params.json`` + ``consolidated.pth`` in Meta's layout (RoPE rows permuted back
     to interleaved) + the tokenizer files; MTP models only.
 
@@ -61,7 +64,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmtp_jax.checkpoints import layouts, pretrained
-from wmtp_jax.checkpoints.export import export_hf, export_meta
+from wmtp_jax.checkpoints.export import (EXTRA_HEADS_FILE, export_hf, export_meta,
+                                         exported_mtp_config)
 from wmtp_jax.checkpoints.sources import TensorFiles, find_tokenizer, hf_files, meta_files, new_dir
 from wmtp_jax.models.llama import LlamaConfig
 from wmtp_jax.models.mtp import MTPConfig
@@ -86,6 +90,10 @@ def convert(fmt: str, src: str | Path, dst: str | Path, *, dtype: str = "float32
     # HF's ``dtype`` key is the storage dtype, not our compute dtype: set both explicitly.
     config = LlamaConfig.from_hf_config(config_file, dtype="float32", param_dtype=dtype)
     entries = layouts.hf_entries(config)
+    if (src / EXTRA_HEADS_FILE).is_file():  # export-hf of an MTP model: the MTP model again
+      config = exported_mtp_config(config, src / EXTRA_HEADS_FILE)
+      next_token_path, extra_heads = layouts.mtp_hf_entries(config)
+      entries, files = {**next_token_path, **extra_heads}, [*files, src / EXTRA_HEADS_FILE]
   else:
     raise ValueError(f"unknown source format {fmt!r}: expected 'meta' or 'hf'")
   reader = TensorFiles(files)

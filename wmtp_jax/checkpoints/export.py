@@ -3,6 +3,7 @@ checkpoint (``python -m wmtp_jax.convert export-hf | export-meta``, whose docstr
 written files). The tensors are re-laid out by ``wmtp_jax.checkpoints.layouts`` one at a time.
 """
 
+import dataclasses
 import json
 import re
 import shutil
@@ -14,9 +15,11 @@ import numpy as np
 import safetensors.torch
 import torch
 import transformers
+from safetensors import safe_open
 
 from wmtp_jax.checkpoints import layouts, pretrained
 from wmtp_jax.checkpoints.sources import new_dir, to_torch
+from wmtp_jax.models import layers, strict
 from wmtp_jax.models.llama import LlamaConfig
 from wmtp_jax.models.mtp import MTPConfig
 
@@ -35,6 +38,11 @@ def _file_size(size: str) -> int:
   unit = m.group(2) or "B"
   scale = 1 if unit == "B" else (1024 if "i" in unit else 1000) ** ("KMG".index(unit[0]) + 1)
   return int(float(m.group(1)) * scale)
+
+
+def _meta_params(config: MTPConfig) -> dict:
+  """The fields of Meta's ``params.json`` (unset optional ones left out)."""
+  return {k: getattr(config, k) for k in META_PARAMS if getattr(config, k) is not None}
 
 
 def _check_export(config, params: Mapping, where: str) -> None:
@@ -111,13 +119,56 @@ def export_hf(config: MTPConfig | LlamaConfig, params: Mapping, dst: str | Path,
                                               for e in entries.values())},
                "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
       (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    if extra:
+    if isinstance(config, MTPConfig):  # heads 1 … n−1 (none for n = 1) and the MTP fields
       heads = {k: to_torch(w) for k, w in layouts.flax_to_tensors(
           extra, params, config.block, dtype=jnp.dtype(dtype))}
       safetensors.torch.save_file(heads, dst / EXTRA_HEADS_FILE, metadata={
-          "format": "pt", "n_future_tokens": str(config.n_future_tokens)})
+          "format": "pt", "n_future_tokens": str(config.n_future_tokens),
+          "mtp_config": json.dumps(_meta_params(config))})
     _copy_tokenizer_files(tokenizer, dst)
   return {"dst": str(dst), "files": sorted(p.name for p in dst.iterdir()), "dtype": dtype}
+
+
+def _meta_ffn_fields(dim: int, ffn_hidden: int) -> dict:
+  """Meta's ``multiple_of`` and ``ffn_dim_multiplier`` that give the SwiGLU width ``ffn_hidden``
+  (``layers.meta_ffn_hidden``): ``multiple_of = ffn_hidden``, scaled down from ``8·dim/3`` by
+  ``ffn_dim_multiplier`` where that is wider."""
+  default = layers.meta_ffn_hidden(dim, 1, None)
+  return {"multiple_of": ffn_hidden,
+          "ffn_dim_multiplier": None if default <= ffn_hidden else ffn_hidden / default}
+
+
+def exported_mtp_config(config: LlamaConfig, extra_heads: str | Path) -> MTPConfig:
+  """The ``MTPConfig`` of an ``export_hf`` output of an MTP model: ``config`` is its
+  ``config.json`` (the next-token path), ``extra_heads`` its ``EXTRA_HEADS_FILE``, whose metadata
+  holds the MTP fields (``mtp_config``: those of Meta's ``params.json``). An export written before
+  that field has ``n_future_tokens`` only: the other fields then come from ``config``, with the FFN
+  width as ``multiple_of`` (the same model). Dtypes and ``max_seq_len`` come from ``config``;
+  fields that disagree with it are an error naming both files."""
+  extra_heads = Path(extra_heads)
+  with safe_open(extra_heads, framework="pt") as f:
+    metadata = f.metadata() or {}
+  if "mtp_config" in metadata:
+    fields = json.loads(metadata["mtp_config"])
+  elif "n_future_tokens" in metadata:
+    n_future, b = int(metadata["n_future_tokens"]), config.block
+    fields = dict(dim=b.dim, n_layers=config.num_hidden_layers + n_future - 1, n_heads=b.n_heads,
+                  n_kv_heads=b.n_kv_heads, vocab_size=config.vocab_size, norm_eps=b.norm_eps,
+                  rope_theta=b.rope_theta, n_future_tokens=n_future,
+                  **_meta_ffn_fields(b.dim, b.ffn_hidden))
+  else:
+    raise ValueError(f"{extra_heads}: no n_future_tokens in its metadata (export-hf writes it)")
+  mtp = strict.from_dict(MTPConfig, {**fields, "max_seq_len": config.max_position_embeddings,
+                                     "dtype": config.dtype, "param_dtype": config.param_dtype},
+                         where=str(extra_heads))
+  ours, theirs = dataclasses.asdict(mtp.block), dataclasses.asdict(config.block)
+  ours.update(vocab_size=mtp.vocab_size, layers=mtp.n_trunk_layers + 1)
+  theirs.update(vocab_size=config.vocab_size, layers=config.num_hidden_layers)
+  differ = [f"{k}={ours[k]} (config.json: {theirs[k]})" for k in ours if ours[k] != theirs[k]]
+  if differ:
+    raise ValueError(f"{extra_heads}: the MTP model of its metadata ({', '.join(differ)}) does "
+                     f"not match {extra_heads.parent / 'config.json'}")
+  return mtp
 
 
 def export_meta(config: MTPConfig, params: Mapping, dst: str | Path, *, dtype: str,
@@ -130,12 +181,11 @@ def export_meta(config: MTPConfig, params: Mapping, dst: str | Path, *, dtype: s
                      f"model: use export-hf")
   _check_export(config, params, str(dst))
   entries = layouts.meta_entries(config)
-  meta_params = {k: getattr(config, k) for k in META_PARAMS if getattr(config, k) is not None}
   with new_dir(dst):
     state_dict = {k: to_torch(w) for k, w in layouts.flax_to_tensors(
         entries, params, config.block, dtype=jnp.dtype(dtype))}
     torch.save(state_dict, dst / "consolidated.pth")
     del state_dict
-    (dst / "params.json").write_text(json.dumps(meta_params, indent=2) + "\n")
+    (dst / "params.json").write_text(json.dumps(_meta_params(config), indent=2) + "\n")
     _copy_tokenizer_files(tokenizer, dst)
   return {"dst": str(dst), "files": sorted(p.name for p in dst.iterdir()), "dtype": dtype}
