@@ -166,6 +166,31 @@ def test_tokenizer_and_destination_errors(tmp_path, meta_model, tokenizer_dir):
     run("meta", "--src", tmp_path / "busy", "--dst", tmp_path / "out")
 
 
+def test_cli_errors_are_one_line(tmp_path, meta_model, tokenizer_dir):
+  """``python -m wmtp_jax.convert``: a missing source or a used destination is one line on
+  stderr (no traceback), exit status 1, nothing written."""
+  _, _, src, converted = meta_model
+  (tmp_path / "busy").mkdir()
+  (tmp_path / "busy" / "file").write_text("x")
+  cases = [
+      (["hf", "--src", tmp_path / "nope", "--dst", tmp_path / "out"], "nope: no config.json"),
+      (["export-hf", "--src", tmp_path / "nope", "--dst", tmp_path / "out"],
+       "nope: not a converted checkpoint directory"),
+      (["meta", "--src", src, "--dst", tmp_path / "busy", "--tokenizer", tokenizer_dir],
+       "busy exists and is not an empty directory"),
+      (["export-meta", "--src", converted, "--dst", tmp_path / "busy"],
+       "busy exists and is not an empty directory")]
+  for argv, message in cases:
+    result = subprocess.run([sys.executable, "-m", "wmtp_jax.convert", *map(str, argv)],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 1 and not result.stdout, result
+    assert result.stderr.startswith("python -m wmtp_jax.convert: error: "), result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+  assert not (tmp_path / "out").exists()
+  assert [p.name for p in (tmp_path / "busy").iterdir()] == ["file"]
+
+
 def test_restore_into_a_4_device_mesh(meta_model):
   """Orbax restores straight into NamedShardings over 4 fake CPU devices."""
   _, _, _, converted = meta_model

@@ -36,7 +36,9 @@ Exports (``--src`` a converted directory; ``--dtype`` defaults to the original c
 
 Everything is strict: missing, unexpected or wrongly shaped keys are errors listing the names
 (``rotary_emb.inv_freq`` buffers are skipped), so is an ``n_future_tokens`` that does not match the
-blocks present, and a tokenizer whose vocabulary exceeds the model's.
+blocks present, and a tokenizer whose vocabulary exceeds the model's. On the command line such an
+error (or a missing source, a destination that exists and is not empty) is one line on stderr,
+exit status 1; the destination is then not written.
 
 This module is the CLI and the import entry ``convert``; the library is in
 ``wmtp_jax.checkpoints``: ``sources`` (reading the source files), ``export`` (``export_hf``,
@@ -63,7 +65,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax.checkpoints import layouts, pretrained
+from wmtp_jax.checkpoints import integrity, layouts, pretrained
 from wmtp_jax.checkpoints.export import (EXTRA_HEADS_FILE, export_hf, export_meta,
                                          exported_mtp_config)
 from wmtp_jax.checkpoints.sources import TensorFiles, find_tokenizer, hf_files, meta_files, new_dir
@@ -154,4 +156,8 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-  print(json.dumps(main(sys.argv[1:]), indent=2))
+  try:
+    summary = main(sys.argv[1:])
+  except (OSError, ValueError, integrity.CorruptCheckpointError) as e:  # the reason, no traceback
+    sys.exit(f"python -m wmtp_jax.convert: error: {e}")
+  print(json.dumps(summary, indent=2))
