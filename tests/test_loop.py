@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from conftest import tiny_config
 from train_helpers import ROOT, run_losses
 from wmtp_jax import objectives
 from wmtp_jax.checkpoints import pretrained
-from wmtp_jax.training import init as init_lib, loop, mesh as mesh_lib
+from wmtp_jax.training import hooks, init as init_lib, loop, mesh as mesh_lib, step as step_lib
 
 
 def test_run_writes_metrics_checkpoints_and_exported_model(small_dataset, tmp_path):
@@ -37,6 +39,61 @@ def test_run_writes_metrics_checkpoints_and_exported_model(small_dataset, tmp_pa
   config.optim.lr = 0.5
   with pytest.raises(ValueError, match=r"config\.json holds a different run's config.*optim\.lr"):
     loop.run(config, run)
+
+
+def _logged(workdir: pathlib.Path) -> dict[int, dict]:
+  """``{step: every value logged at the step}`` of ``metrics.jsonl``."""
+  rows: dict[int, dict] = {}
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    rows.setdefault(row["step"], {}).update(row)
+  return rows
+
+
+def test_step_time_leaves_out_validation_hooks_and_checkpoints(small_dataset, tmp_path):
+  """A hook that sleeps 2 s at steps 2 and 4 (where validation and checkpoints also run): the
+  step time of those steps does not include the sleep, and the hook's, the validation's and the
+  checkpoint's durations are logged at the step."""
+  def sleep(view: hooks.StepView) -> dict[str, float]:
+    time.sleep(2.0)
+    return {"slept_at": float(view.step)}
+
+  config = tiny_config("baseline", small_dataset)  # validation and checkpoints every 2 steps
+  loop.run(config, tmp_path / "run", hooks=[hooks.Hook("sleep", 2, sleep)])
+  rows = _logged(tmp_path / "run")
+  for step in (2, 4):
+    assert rows[step]["slept_at"] == step and rows[step]["time/sleep_s"] >= 2.0
+    assert rows[step]["time/validation_s"] > 0 and rows[step]["time/checkpoint_s"] > 0
+    assert 0 < rows[step]["step_time_s"] < 2.0, rows[step]
+  # Step 1 also has a checkpoint (orbax saves the first step), step 3 nothing.
+  assert not {"slept_at", "time/sleep_s", "time/validation_s"} & set(rows[1])
+  assert not {"slept_at", "time/sleep_s", "time/validation_s", "time/checkpoint_s"} & set(rows[3])
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_nonfinite_streak_stops_the_run_and_keeps_only_good_checkpoints(limit, small_dataset,
+                                                                        tmp_path, monkeypatch):
+  """Every loss from step 4 on is NaN (the updates are skipped). The run stops at the step whose
+  streak reaches the limit: at once at a checkpoint step (step 4, limit 1), else when its metrics
+  are fetched one step later (step 5, limit 2, while step 6 runs); no checkpoint of a state whose
+  streak reached the limit is written."""
+  loss_and_grads = step_lib.loss_and_grads
+
+  def nan_from_step_4(context, state, *args, **kwargs):
+    loss, *rest = loss_and_grads(context, state, *args, **kwargs)
+    return (jnp.where(state.step >= 3, jnp.nan, loss), *rest)
+
+  monkeypatch.setattr(step_lib, "loss_and_grads", nan_from_step_4)
+  config = tiny_config("baseline", small_dataset, steps=8, eval_every=0,
+                       max_nonfinite_streak=limit)
+  config.checkpoint.update(every_steps=2, keep=10, best_metric="")
+  run = tmp_path / "run"
+  with pytest.raises(FloatingPointError, match=f"step {3 + limit}: {limit} steps in a row"):
+    loop.run(config, run)
+  saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == ([1, 2] if limit == 1 else [1, 2, 4])  # orbax also saves the first step
+  rows = _logged(run)
+  assert all(rows[step]["nonfinite_streak"] < limit for step in saved)
 
 
 _RESUME_SCRIPT = textwrap.dedent("""

@@ -11,8 +11,18 @@ Phases of ``run(config, workdir)``:
   5. loop: batch → step → (one step later) metrics → validation → the caller's hooks (e.g.
      held-out pass@1, ``eval.interval``) → checkpoint; SIGTERM saves and stops; too many
      non-finite steps in a row stop the run with an error.
+
+The host does not wait for the device at every step: it dispatches step t+1, then fetches and
+logs the metrics of step t (and checks its non-finite streak), then prepares batch t+2 while the
+device runs step t+1. Validation, hooks and checkpoints read the state of the step just
+dispatched: before them the host waits for that step and checks its streak, so no checkpoint is
+ever written of a state whose streak reached ``config.train.max_nonfinite_streak``. They pause the
+step clock (``_StepClock``): ``step_time_s``, ``tokens_per_s`` and ``mfu`` are those of the steps
+alone, and their own durations are logged as ``time/validation_s``, ``time/<hook name>_s`` and
+``time/checkpoint_s``.
 """
 
+import dataclasses
 import logging
 import math
 import pathlib
@@ -39,7 +49,6 @@ def _abstract_like(tree):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-
 class _Preemption:
   """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and stops."""
 
@@ -53,6 +62,49 @@ class _Preemption:
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
+
+
+class _StepClock:
+  """Seconds per train step, less the pauses between steps (validation, hooks, checkpoints), as
+  big_vision's ``chrono.pause``. The host sees a step end when it fetches the step's metrics: a
+  step's time runs from the previous fetch (or the first dispatch) to its own, less the pauses in
+  between. The loop waits for the step before pausing, so the step's device time counts."""
+
+  def __init__(self):
+    self._mark: float | None = None
+    self._paused = 0.0
+
+  def start(self) -> None:
+    if self._mark is None:
+      self._mark = time.perf_counter()
+
+  def lap(self) -> float:
+    """Seconds of the step whose metrics were just fetched."""
+    now = time.perf_counter()
+    seconds = now - self._mark - self._paused
+    self._mark, self._paused = now, 0.0
+    return seconds
+
+  def paused(self, fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), seconds)``, the seconds left out of the step time."""
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    seconds = time.perf_counter() - t0
+    self._paused += seconds
+    return result, seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+  """A dispatched train step whose metrics (device arrays) the host has not read yet."""
+  step: int
+  metrics: dict
+  rows: int      # rows of its batch (pos + neg rows for pairs)
+  seq_len: int
+
+  def check_finite(self, config) -> None:
+    """Wait for the step; raise if its non-finite streak reached the limit."""
+    _check_nonfinite(self.step, int(self.metrics["nonfinite_streak"]), config)
 
 
 def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
@@ -96,6 +148,9 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
   preemption = _Preemption()
 
   # 5. Loop.
+  clock = _StepClock()
+  log_step = lambda pending, **kw: _log(logger, pending, clock, schedules, objective, peak, config,
+                                        **kw)
   pending = None
   last: dict[str, float] = {}
   batch = first
@@ -103,25 +158,33 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       while step < total_steps:
-        t0 = time.time()
+        clock.start()
         state, metrics = step_fn(state, frozen, batch)
         step += 1
-        if pending is not None:  # fetch the previous step's metrics while this one runs
-          last = _log(logger, pending, schedules, objective, peak, config)
-        pending = (step, metrics, _tokens_shape(batch), t0)
-        _check_nonfinite(pending, config)
+        if pending is not None:  # the previous step's metrics, fetched while this one runs
+          last = log_step(pending)
+        pending = _Pending(step, metrics, *_tokens_shape(batch))
+        force = step == total_steps or preemption.requested
         val = None
         if config.train.eval_every and (step % config.train.eval_every == 0 or step == total_steps):
-          val = _validate(eval_fn, context, state, frozen, data, logger, step)
+          pending.check_finite(config)
+          val, seconds = clock.paused(_validate, eval_fn, context, state, frozen, data)
+          logger.write(step, {**val, "time/validation_s": seconds})
           last.update(val)
         for hook in hooks:
           if hook.due(step):
-            values = hook.fn(StepView(step, state, frozen, context, data))
-            logger.write(step, values)
+            pending.check_finite(config)
+            values, seconds = clock.paused(hook.fn, StepView(step, state, frozen, context, data))
+            logger.write(step, {**values, f"time/{hook.name}_s": seconds})
             last.update(values)
-        # The iterator has yielded exactly the batches of steps 1 … step: save it before prefetching.
-        saved = checkpointer.save(step, state, iterator, metrics=val,
-                                  force=step == total_steps or preemption.requested)
+        saved = False
+        if force or checkpointer.manager.should_save(step):
+          pending.check_finite(config)
+          # The iterator has yielded exactly the batches of steps 1 … step: save before prefetching.
+          saved, seconds = clock.paused(checkpointer.save, step, state, iterator, metrics=val,
+                                        force=force)
+          if saved:
+            logger.write(step, {"time/checkpoint_s": seconds})
         if preemption.requested:
           log.warning("SIGTERM: checkpoint at step %d %s; stopping", step,
                       "written" if saved else "not written")
@@ -129,7 +192,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
         if step < total_steps:
           batch = to_device(next(iterator))
       if pending is not None:
-        last.update(_log(logger, pending, schedules, objective, peak, config, final=True))
+        last.update(log_step(pending, final=True))
     if step == total_steps:
       export_model(context, state, frozen, workdir / pretrained.RUN_EXPORT_DIR, data.tokenizer)
   finally:
@@ -146,9 +209,7 @@ def run_steps(config, examples_per_epoch: int) -> int:
   return max(1, math.ceil(config.train.epochs * examples_per_epoch / config.data.batch_size))
 
 
-def _check_nonfinite(pending, config) -> None:
-  step, metrics, _, _ = pending
-  streak = int(metrics["nonfinite_streak"])
+def _check_nonfinite(step: int, streak: int, config) -> None:
   if streak >= config.train.max_nonfinite_streak:
     raise FloatingPointError(f"step {step}: {streak} steps in a row had a non-finite loss or "
                              f"gradient (config.train.max_nonfinite_streak="
@@ -163,11 +224,15 @@ def _tokens_shape(batch) -> tuple[int, int]:
   return 2 * b, s
 
 
-def _log(logger, pending, schedules, objective, peak, config, *, final=False):
-  step, metrics, (rows, seq_len), t0 = pending
-  scalars, histograms = metrics_log.split_histograms(jax.device_get(metrics))
+def _log(logger, pending: _Pending, clock: _StepClock, schedules, objective, peak, config, *,
+         final=False) -> dict[str, float]:
+  """Fetch the metrics of ``pending`` (waiting for its step), add its time, throughput, MFU and
+  learning rates, write them every ``log_every`` steps (and at the first and ``final`` one), then
+  check its non-finite streak."""
+  step, rows, seq_len = pending.step, pending.rows, pending.seq_len
+  scalars, histograms = metrics_log.split_histograms(jax.device_get(pending.metrics))
+  step_time = clock.lap()
   values = metrics_log.flatten(scalars)
-  step_time = time.time() - t0
   values["step_time_s"] = step_time
   values["tokens_per_s"] = rows * seq_len / step_time
   values["mfu"] = (flops.train_flops_per_token(objective, seq_len) * rows * seq_len
@@ -177,10 +242,12 @@ def _log(logger, pending, schedules, objective, peak, config, *, final=False):
   if final or step % config.train.log_every == 0 or step == 1:
     logger.write(step, values, histograms)
     logger.progress(step, values)
+  _check_nonfinite(step, int(scalars["nonfinite_streak"]), config)
   return values
 
 
-def _validate(eval_fn, context, state, frozen, data, logger, step):
+def _validate(eval_fn, context, state, frozen, data) -> dict[str, float]:
+  """``{"val_<metric>": mean over the validation batches}`` of ``state``."""
   totals: dict[str, float] = {}
   n = 0
   for batch in data.validation():
@@ -190,6 +257,4 @@ def _validate(eval_fn, context, state, frozen, data, logger, step):
     for k, v in metrics.items():
       totals[k] = totals.get(k, 0.0) + v
     n += 1
-  values = {f"val_{k}": v / max(n, 1) for k, v in totals.items()}
-  logger.write(step, values)
-  return values
+  return {f"val_{k}": v / max(n, 1) for k, v in totals.items()}
