@@ -11,7 +11,9 @@ Config (``config.optim``)::
     groups = {"value_head": {"pattern": "value_head/.*", "lr": 1e-4}}   # optional, by regex
 
 Schedule: linear warm-up to ``lr`` over ``warmup_steps``, cosine decay to ``min_lr_ratio·lr`` at the
-last step. Weight decay applies to matrices only (not norms, biases, value-head scalars).
+last step. Weight decay applies to kernels, embedding tables and LoRA adapters, by name, the same
+for per-layer blocks and ``nn.scan`` stacks (``decay_mask``): not to norm scales, biases,
+value-head scalars.
 """
 
 import re
@@ -69,6 +71,20 @@ def group_labels(trainable, groups: Mapping[str, Mapping]) -> dict:
   return jax.tree_util.tree_map_with_path(label, trainable)
 
 
+# Leaf names of the base params that weight decay applies to (norm scales are ``weight``).
+DECAYED = ("kernel", "embedding")
+
+
+def decay_mask(trainable):
+  """``True`` for each leaf of ``trainable = {"params": …, "lora": …}`` that weight decay applies
+  to: the base params named in ``DECAYED`` and every LoRA adapter (``a [I, r]``, ``b [r, O]``).
+  By name, not by rank: a scanned RMSNorm scale ``[L, D]`` does not decay."""
+  def decays(path, _):
+    keys = [k.key for k in path]
+    return keys[0] == "lora" or keys[-1] in DECAYED
+  return jax.tree_util.tree_map_with_path(decays, trainable)
+
+
 def make_optimizer(optim_cfg, trainable, total_steps: int) -> tuple[optax.GradientTransformation,
                                                                     dict[str, optax.Schedule]]:
   """Global-norm clipping, then AdamW per parameter group; returns the schedules for logging."""
@@ -78,9 +94,9 @@ def make_optimizer(optim_cfg, trainable, total_steps: int) -> tuple[optax.Gradie
   lrs = {"default": optim_cfg.lr, **{name: g["lr"] for name, g in groups.items()}}
   schedules = {name: schedule(lr, total_steps, optim_cfg.warmup_steps, optim_cfg.min_lr_ratio)
                for name, lr in lrs.items()}
-  decay_mask = jax.tree_util.tree_map(lambda x: x.ndim >= 2, trainable)
+  mask = decay_mask(trainable)
   transforms = {name: optax.adamw(s, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                                  weight_decay=optim_cfg.weight_decay, mask=decay_mask)
+                                  weight_decay=optim_cfg.weight_decay, mask=mask)
                 for name, s in schedules.items()}
   tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip),
                    optax.multi_transform(transforms, group_labels(trainable, groups)))
