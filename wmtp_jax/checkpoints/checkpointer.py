@@ -183,13 +183,22 @@ def load_params(path: pathlib.Path, abstract_params, *, where: str):
   ``WORKDIR`` (its exported ``WORKDIR/model``). Each device reads only its shards.
 
   A ``ValueModel`` may start from a LLaMA language model: its backbone (``model/…``) is restored,
-  the ``lm_head`` is not read, and the returned tree lacks ``value_head`` (the caller initialises it).
+  the ``lm_head`` is not read, and the returned tree lacks ``value_head`` (the caller initialises
+  it). Any other mix of kinds (``pretrained.params_kind`` of ``abstract_params`` vs the stored
+  ``kind``) is an error naming both; a main job's ``WORKDIR`` one naming the finished runs in it.
   """
   source = pretrained.resolve(path)
   if not (source / pretrained.CONFIG_FILE).is_file():
-    raise FileNotFoundError(f"{where}={str(path)!r}: neither a converted checkpoint directory nor "
+    hint = pretrained.main_job_hint(path)
+    raise FileNotFoundError(f"{where}={str(path)!r} {hint}" if hint else
+                            f"{where}={str(path)!r}: neither a converted checkpoint directory nor "
                             f"a finished training run (no {pretrained.CONFIG_FILE} in it or in its "
                             f"model/ subdirectory)")
+  stored, wanted = pretrained.stored_kind(source), pretrained.params_kind(abstract_params)
+  if stored != wanted and (stored, wanted) != ("llama", "value"):
+    raise ValueError(f"{where}={str(path)!r} holds {pretrained.KIND_NAMES[stored]} (kind "
+                     f"{stored!r} in {source / pretrained.CONFIG_FILE}), but "
+                     f"{pretrained.KIND_NAMES[wanted]} (kind {wanted!r}) is expected here")
   stored_top = {p[0] for p in pretrained.stored_shapes(source)}
   target, unused = dict(abstract_params), ()
   if "value_head" in target and "value_head" not in stored_top:  # a value model from an LLaMA LM

@@ -50,6 +50,8 @@ TOKENIZER_DIR = "tokenizer"
 RUN_EXPORT_DIR = "model"  # a finished training run exports its model to WORKDIR/model
 KINDS = {"mtp": (MTPConfig, MTPTransformer), "llama": (LlamaConfig, LlamaForCausalLM),
          "value": (LlamaConfig, ValueModel)}
+KIND_NAMES = {"mtp": "an MTP model", "llama": "a LLaMA language model",
+              "value": "a LLaMA value model"}
 # Files of a tokenizer directory (HF fast/slow tokenizers, SentencePiece, GPT-2 style BPE).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
@@ -71,6 +73,20 @@ def resolve(path: str | os.PathLike) -> Path:
   return run_export if (run_export / CONFIG_FILE).is_file() else path
 
 
+def main_job_hint(path: str | os.PathLike) -> str | None:
+  """For a directory without a model but with models one level down (a main job's ``WORKDIR``:
+  one finished run per trained model, ``baseline/``, ``critic/``, …): ``"is a main-job
+  directory; did you mean WORKDIR/baseline (or WORKDIR/critic)?"``; else None."""
+  path = Path(path)
+  if not path.is_dir():
+    return None
+  runs = sorted(d for d in path.iterdir() if d.is_dir() and (resolve(d) / CONFIG_FILE).is_file())
+  if not runs:
+    return None
+  others = f" (or {' or '.join(map(str, runs[1:]))})" if runs[1:] else ""
+  return f"is a main-job directory; did you mean {runs[0]}{others}?"
+
+
 def kind_of(config: Config) -> str:
   """``"mtp"`` or ``"llama"`` (a ``LlamaConfig`` is a language model unless a kind is given)."""
   return next(k for k, (cls, _) in KINDS.items() if isinstance(config, cls))
@@ -79,6 +95,19 @@ def kind_of(config: Config) -> str:
 def model_kind(model: nn.Module) -> str:
   """The kind of a model instance: ``"mtp"``, ``"llama"`` or ``"value"``."""
   return next(k for k, (_, cls) in KINDS.items() if type(model) is cls)
+
+
+def params_kind(params: Mapping[str, Any]) -> str:
+  """The kind of model a params tree (or its abstract tree) belongs to, by its top-level names:
+  ``model`` + ``value_head`` a value model, ``model`` (+ ``lm_head``) a LLaMA, else MTP."""
+  if "model" not in params:
+    return "mtp"
+  return "value" if "value_head" in params else "llama"
+
+
+def stored_kind(path: str | os.PathLike) -> str:
+  """The ``kind`` in a converted directory's ``model_config.json``."""
+  return _read_model_config(path)["kind"]
 
 
 def read_config(path: str | os.PathLike, **overrides: Any) -> Config:
@@ -102,7 +131,9 @@ def source_dtype(path: str | os.PathLike) -> str | None:
 def _read_model_config(path: str | os.PathLike) -> dict:
   file = Path(path) / CONFIG_FILE
   if not file.is_file():
-    raise FileNotFoundError(f"{path}: not a converted checkpoint directory (no {CONFIG_FILE}; "
+    hint = main_job_hint(path)
+    raise FileNotFoundError(f"{path} {hint}" if hint else
+                            f"{path}: not a converted checkpoint directory (no {CONFIG_FILE}; "
                             f"write one with `python -m wmtp_jax.convert meta|hf`)")
   data = json.loads(file.read_text())
   unknown = sorted(set(data) - {"kind", "config", "source"})
@@ -261,7 +292,7 @@ def load_pretrained(path: str | os.PathLike, *,
   """
   path = resolve(path)
   config = read_config(path, **overrides)
-  boxed = abstract_params(config, _read_model_config(path)["kind"])
+  boxed = abstract_params(config, stored_kind(path))
   abstract = nn.meta.unbox(boxed)
   if shardings is None:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
