@@ -3,7 +3,8 @@
 For the ``tiny`` preset and a ``small`` MTP model (71M parameters, vocab 32000) with a small
 critic, on random token batches, with the plain CE over ``[B, S, n, V]`` logits and with the
 memory-efficient blockwise CE (``--losses``): the jitted train step's time, tokens/s and MFU against this
-device's matmul peak measured in the same run (``flops.measure_peak_flops``), the compiled memory
+device's matmul peak in the model's compute dtype measured in the same run
+(``flops.measure_peak_flops``), the compiled memory
 per device, and the time of its parts each jitted alone (critic forward, weighting, policy
 forward + backward, optimizer update). The parts overlap and fuse inside the real step, so their
 sum need not equal it.
@@ -98,9 +99,10 @@ def _parts(context, state, frozen, batch, repeats: int) -> dict[str, float]:
   }
 
 
-def measure(model: str, batch_size: int, seq: int, repeats: int, peak: float,
+def measure(model: str, batch_size: int, seq: int, repeats: int,
             memory_efficient: bool = False) -> dict:
   config = _config(model, memory_efficient)
+  peak = flops.peak_flops(0.0, config.model.dtype)
   objective = objectives.build(config)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
@@ -123,8 +125,9 @@ def measure(model: str, batch_size: int, seq: int, repeats: int, peak: float,
   step_flops = flops.train_flops_per_token(objective, seq) * tokens
   return {"model": model, "memory_efficient_loss": memory_efficient,
           "policy_params": int(n_params), "batch": batch_size, "seq_len": seq,
-          "step_s": step_s, "tokens_per_s": tokens / step_s,
-          "step_tflop": step_flops / 1e12, "mfu": step_flops / step_s / peak, **parts, **memory}
+          "dtype": config.model.dtype, "measured_peak_flops": peak,
+          "step_s": step_s, "tokens_per_s": tokens / step_s, "step_tflop": step_flops / 1e12,
+          "mfu": flops.mfu(objective, batch_size, seq, step_s, peak), **parts, **memory}
 
 
 def main(argv: list[str]) -> dict:
@@ -137,8 +140,7 @@ def main(argv: list[str]) -> dict:
                       help="CE paths to measure: plain logits [B,S,n,V] and/or the blockwise CE "
                            "from hidden states (config.loss.memory_efficient)")
   args = parser.parse_args(argv)
-  peak = flops.measure_peak_flops() * jax.device_count()
-  results = [measure(m, args.batch, args.seq, args.repeats, peak, loss == "memory_efficient")
+  results = [measure(m, args.batch, args.seq, args.repeats, loss == "memory_efficient")
              for m in args.models.split(",") for loss in args.losses.split(",")]
   return {"device": jax.devices()[0].device_kind, "n_devices": jax.device_count(),
-          "measured_peak_flops": peak, "mfu_target_small": 0.4, "results": results}
+          "mfu_target_small": 0.4, "results": results}

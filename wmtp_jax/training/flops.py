@@ -1,10 +1,12 @@
-"""FLOPs of a train step and the device peak, for the MFU estimate.
+"""FLOPs of a train step and the device peak, for the MFU estimate (``mfu``).
 
 Per token, a forward pass costs ``2 · (matmul parameters used)`` plus attention ``4 · L · S · D``
 (``QKᵀ`` and ``AV`` over the full ``S`` keys, the usual convention that ignores causal masking);
 training costs 3× the forward of the trained model (forward + backward) plus the forward of frozen
 models (critic / reference). For the MTP model every trunk and head block runs once per token and
-the shared unembedding ``D·V`` runs once per head.
+the shared unembedding ``D·V`` runs once per head. The peak, unless configured, is measured with
+a matmul in the model's compute dtype (``config.model.dtype``: bf16 runs at several times the fp32
+rate on accelerators).
 """
 
 import time
@@ -25,7 +27,8 @@ def forward_flops_per_token(cfg: MTPConfig | LlamaConfig, seq_len: int, *, lm_he
   """Forward FLOPs per token of an MTP model or a LLaMA (with or without its ``lm_head``)."""
   b = cfg.block
   if isinstance(cfg, MTPConfig):
-    n_blocks, head = cfg.n_trunk_layers + cfg.n_future_tokens, cfg.n_future_tokens * cfg.dim * cfg.vocab_size
+    n_blocks = cfg.n_trunk_layers + cfg.n_future_tokens
+    head = cfg.n_future_tokens * cfg.dim * cfg.vocab_size
   else:
     n_blocks, head = cfg.num_hidden_layers, cfg.hidden_size * cfg.vocab_size if lm_head else 0
   return 2.0 * (n_blocks * _block_matmul_params(b) + head) + 4.0 * n_blocks * seq_len * b.dim
@@ -41,8 +44,15 @@ def train_flops_per_token(objective, seq_len: int) -> float:
   return total
 
 
-def measure_peak_flops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
-  """Matmul FLOP/s of one local device, measured now (the MFU denominator when none is given)."""
+def mfu(objective, rows: int, seq_len: int, seconds: float, peak: float) -> float:
+  """Model FLOPs utilisation of a train step on ``rows`` × ``seq_len`` tokens that took
+  ``seconds``, against ``peak`` FLOP/s (all devices)."""
+  return train_flops_per_token(objective, seq_len) * rows * seq_len / seconds / peak
+
+
+def measure_peak_flops(dtype, n: int = 2048, repeats: int = 5) -> float:
+  """Matmul FLOP/s of one local device in ``dtype`` (a name or dtype), measured now (the MFU
+  denominator when none is configured): best of ``repeats`` ``[n, n] @ [n, n]``."""
   x = jnp.ones((n, n), dtype)
   matmul = jax.jit(lambda a: a @ a)
   matmul(x).block_until_ready()
@@ -54,7 +64,8 @@ def measure_peak_flops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> fl
   return 2.0 * n**3 / best
 
 
-def peak_flops(configured: float) -> float:
-  """Peak FLOP/s of all devices: ``configured`` per device, or measured when 0."""
-  per_device = configured if configured > 0 else measure_peak_flops()
+def peak_flops(configured: float, dtype) -> float:
+  """Peak FLOP/s of all devices: ``configured`` per device, or measured in ``dtype`` (the model's
+  compute dtype) when 0."""
+  per_device = configured if configured > 0 else measure_peak_flops(dtype)
   return per_device * jax.device_count()

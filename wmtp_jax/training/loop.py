@@ -144,7 +144,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
   logger = metrics_log.MetricsLogger(workdir, phase=phase, total_steps=total_steps)
   if memory:
     logger.write(start, memory)
-  peak = flops.peak_flops(config.train.peak_flops)
+  peak = flops.peak_flops(config.train.peak_flops, config.model.dtype)
   preemption = _Preemption()
 
   # 5. Loop.
@@ -235,8 +235,7 @@ def _log(logger, pending: _Pending, clock: _StepClock, schedules, objective, pea
   values = metrics_log.flatten(scalars)
   values["step_time_s"] = step_time
   values["tokens_per_s"] = rows * seq_len / step_time
-  values["mfu"] = (flops.train_flops_per_token(objective, seq_len) * rows * seq_len
-                   / step_time / peak)
+  values["mfu"] = flops.mfu(objective, rows, seq_len, step_time, peak)
   for name, schedule in schedules.items():
     values[f"lr/{name}"] = float(schedule(step - 1))
   if final or step % config.train.log_every == 0 or step == 1:

@@ -1,0 +1,74 @@
+"""FLOPs and MFU: the per-token count against the parameters of a small model, the logged MFU,
+the peak measured in the model's compute dtype."""
+
+import json
+
+import flax
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import tiny_config
+from wmtp_jax import objectives
+from wmtp_jax.training import flops, loop
+
+
+def _kernel_sizes(module) -> dict[tuple[str, ...], int]:
+  """``{path: size}`` of every ``kernel`` of ``module``'s params (the matmul weights)."""
+  params = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+  flat = flax.traverse_util.flatten_dict(flax.linen.meta.unbox(params)["params"])
+  return {path: x.size for path, x in flat.items() if path[-1] == "kernel"}
+
+
+def test_train_flops_per_token_is_a_count_of_the_matmul_weights(small_dataset):
+  """By hand, from the params of the tiny verifiable models (S = 160): the MTP policy's forward
+  is 2 FLOPs per weight of its blocks, 2 per weight of the unembedding for each of its n heads,
+  and 4 · S · D per block for ``QKᵀ`` and ``AV``; the frozen LLaMA critic's the same for its
+  layers (no lm_head, value head not counted); a train step is 3 policy forwards + 1 critic
+  forward."""
+  seq_len = 160
+  objective = objectives.build(tiny_config("verifiable", small_dataset))
+  policy, critic = objective.model, objective.frozen_models["critic"]
+  kernels = _kernel_sizes(policy)
+  blocks = {path[0] for path in kernels if path[0].startswith(("trunk_", "head_"))}
+  n, dim = policy.cfg.n_future_tokens, policy.cfg.dim
+  assert len(blocks) == policy.cfg.n_trunk_layers + n
+  policy_fwd = (2 * sum(v for p, v in kernels.items() if p[0] in blocks)
+                + 2 * n * kernels[("output", "kernel")] + 4 * len(blocks) * seq_len * dim)
+  kernels = _kernel_sizes(critic)
+  layers = {path[1] for path in kernels if path[0] == "model"}
+  critic_fwd = (2 * sum(v for p, v in kernels.items() if p[0] == "model")
+                + 4 * len(layers) * seq_len * critic.cfg.hidden_size)
+  assert flops.forward_flops_per_token(policy.cfg, seq_len, lm_head=False) == policy_fwd
+  assert flops.forward_flops_per_token(critic.cfg, seq_len, lm_head=False) == critic_fwd
+  assert flops.train_flops_per_token(objective, seq_len) == 3 * policy_fwd + critic_fwd
+
+
+def test_logged_mfu_is_the_step_flops_over_time_and_peak(small_dataset, tmp_path):
+  """The MFU a run logs: train FLOPs per token × 8 rows × 160 tokens / step time / peak (the
+  configured 1e9 FLOP/s per device)."""
+  config = tiny_config("baseline", small_dataset, steps=2, eval_every=0)
+  loop.run(config, tmp_path / "run")
+  per_token = flops.train_flops_per_token(objectives.build(config), 160)
+  rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  logged = [r for r in rows if "mfu" in r]
+  assert [r["step"] for r in logged] == [1, 2]
+  for r in logged:
+    expected = per_token * 8 * 160 / r["step_time_s"] / (1e9 * jax.device_count())
+    assert r["mfu"] == pytest.approx(expected, rel=1e-12)
+    assert r["tokens_per_s"] == pytest.approx(8 * 160 / r["step_time_s"], rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_peak_is_measured_in_the_model_dtype(dtype, small_dataset, tmp_path, monkeypatch):
+  """With ``train.peak_flops = 0`` the run measures the peak with a matmul in
+  ``config.model.dtype``; a configured peak is used as is (per device)."""
+  assert flops.measure_peak_flops(dtype, n=128, repeats=1) > 0
+  measured = []
+  monkeypatch.setattr(flops, "measure_peak_flops",
+                      lambda d, **_: measured.append(jnp.dtype(d)) or 2e9)
+  assert flops.peak_flops(3e9, dtype) == 3e9 * jax.device_count() and not measured
+  config = tiny_config("baseline", small_dataset, steps=1, eval_every=0, peak_flops=0.0)
+  config.model.dtype = dtype
+  loop.run(config, tmp_path / "run")
+  assert measured == [jnp.dtype(dtype)]
