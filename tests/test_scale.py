@@ -1,7 +1,8 @@
 """Scale-out: sharding presets and a data × fsdp × tensor mesh on 8 fake CPU devices match one
 device; each parameter's (and optimizer moment's) sharding follows the preset's rules; remat;
 two processes through ``launch/local.py`` match one process, their checkpoint resumes in one
-process, and a killed process ends the run."""
+process, they share the synthetic dataset process 0 generates, and a killed process ends the
+run."""
 
 import json
 import os
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import SMALL_DATA, tiny_config
 from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
 from wmtp_jax.models import mtp
 from wmtp_jax.training import loop
@@ -49,7 +50,7 @@ SCRIPT = """
     jax.config.update("jax_num_cpu_devices", 8)
     sys.path.insert(0, {tests!r})
     import flax.linen as nn
-    from conftest import tiny_config
+    from conftest import SMALL_DATA, tiny_config
     from wmtp_jax.training import init, loop, mesh, optim, state
     from wmtp_jax import objectives
 
@@ -229,6 +230,20 @@ def test_checkpoint_resumes_in_the_other_process_layout(saved_by, two_and_one, s
   # process): 1.5e-7 at most here, for updates of up to lr = 3e-3 per step.
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
                          params, expected)
+
+
+def test_two_processes_wait_for_the_dataset_process_0_generates(tmp_path):
+  """Without ``data.dir`` process 0 generates the synthetic task into the cache; process 1 waits
+  at the barrier before reading it (without the barrier it finds no tokenizer yet)."""
+  flags = [f for f in _main_flags(pathlib.Path(), tmp_path / "run", 1)
+           if not f.startswith("--config.data.dir=")]
+  flags += [f"--config.data.cache_dir={tmp_path / 'cache'}",
+            *(f"--config.data.synthetic.{k}={v}" for k, v in SMALL_DATA.items())]
+  launcher = _local_launcher(2, 2, flags, stderr=subprocess.PIPE, text=True)
+  _, log = launcher.communicate(timeout=600)
+  assert launcher.returncode == 0, log[-3000:]
+  assert (tmp_path / "cache" / "train.jsonl").is_file()
+  assert len(_losses(tmp_path / "run" / "baseline")) == 1
 
 
 def _children(pid: int) -> list[int]:

@@ -2,10 +2,10 @@
 
 ``config.data.dir`` names a dataset directory (the ``wmtp_jax.data`` layout); empty means the
 embedded synthetic verifiable task, generated once into ``config.data.cache_dir`` (default
-``$XDG_CACHE_HOME/wmtp_jax/synthetic``) and reused. The sampler is ``config.data.sampler`` (a
-``samplers.METHODS`` name, or ``"all"`` for every record) with ``config.data.sampler_args``;
-empty picks the objective's default: correct solutions, every record (``samples="all"``) or
-correct/incorrect pairs (the critic).
+``$XDG_CACHE_HOME/wmtp_jax/synthetic``) by process 0 while the other processes wait, and reused.
+The sampler is ``config.data.sampler`` (a ``samplers.METHODS`` name, or ``"all"`` for every
+record) with ``config.data.sampler_args``; empty picks the objective's default: correct
+solutions, every record (``samples="all"``) or correct/incorrect pairs (the critic).
 """
 
 import dataclasses
@@ -14,12 +14,14 @@ import pathlib
 from collections.abc import Callable, Iterator
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from wmtp_jax.data import pipeline, records, samplers, synthetic, tokenizer as tokenizer_lib
 
 DEFAULT_SAMPLER = {"correct": "correct_only", "all": "all", "pairs": "pairs"}
 HOST_ONLY_KEYS = ("dropped_before",)
+DATASET_BARRIER = "wmtp_jax.data.run_data.dataset_dir"  # every process passes it once per call
 
 
 @dataclasses.dataclass
@@ -38,7 +40,8 @@ class RunData:
 
 
 def dataset_dir(data_cfg) -> pathlib.Path:
-  """The dataset directory: ``data.dir``, or the synthetic task generated into the cache."""
+  """The dataset directory: ``data.dir``, or the synthetic task generated into the cache (by
+  process 0; every process returns once it is complete: call this from all processes)."""
   if data_cfg.dir:
     path = pathlib.Path(data_cfg.dir)
     if not path.is_dir():
@@ -48,6 +51,7 @@ def dataset_dir(data_cfg) -> pathlib.Path:
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wmtp_jax", "synthetic")
   if jax.process_index() == 0:
     synthetic.ensure_dataset(cache, **data_cfg.synthetic)
+  multihost_utils.sync_global_devices(DATASET_BARRIER)
   return pathlib.Path(cache)
 
 
