@@ -8,7 +8,10 @@ Modules (every public name is re-exported here, e.g. ``weighting.gae_advantages`
   * ``rho1``: ``RHO1_MODES``, ``per_head_quantile``, ``rho1_weights``, ``rho1_continuous_weights``;
   * ``heads``: ``future_valid``, ``softmax_head_weights``, ``normalize_weights``;
   * ``stats``: ``td_stats``, ``weight_stats``, ``explained_variance``,
-    ``selection_ratio_per_head``, ``weight_histogram``.
+    ``selection_ratio_per_head``, ``weight_histogram``;
+  * ``diagnostics`` (issue 13, DESIGN §8): ``mean_response_value``, ``pairwise_accuracy``,
+    ``auroc``, ``localization_hits``, ``weight_lift``, ``weight_entropy``, ``clipped_shares``,
+    ``token_error_rates``.
 
 All public functions are pure, ``jax.jit``-compiled and vectorised (no Python loop over batch or
 time; recurrences use ``lax.scan`` on CPU and ``lax.associative_scan`` elsewhere). Inputs of any
@@ -34,6 +37,9 @@ them does not recompile. Options that change shapes or code paths (``n_future``,
 (validated and converted in float64 at trace time) are static.
 """
 
+from wmtp_jax.weighting.diagnostics import (auroc, clipped_shares, localization_hits,
+                                            mean_response_value, pairwise_accuracy,
+                                            token_error_rates, weight_entropy, weight_lift)
 from wmtp_jax.weighting.heads import future_valid, normalize_weights, softmax_head_weights
 from wmtp_jax.weighting.returns import gae_advantages, lambda_returns, td_errors
 from wmtp_jax.weighting.rho1 import (RHO1_MODES, per_head_quantile, rho1_continuous_weights,
@@ -51,4 +57,6 @@ __all__ = [
     "future_valid", "softmax_head_weights", "normalize_weights",
     "td_stats", "weight_stats", "explained_variance", "selection_ratio_per_head",
     "weight_histogram",
+    "mean_response_value", "pairwise_accuracy", "auroc", "localization_hits", "weight_lift",
+    "weight_entropy", "clipped_shares", "token_error_rates",
 ]
