@@ -59,16 +59,20 @@ def test_logged_mfu_is_the_step_flops_over_time_and_peak(small_dataset, tmp_path
     assert r["tokens_per_s"] == pytest.approx(8 * 160 / r["step_time_s"], rel=1e-12)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_peak_is_measured_in_the_model_dtype(dtype, small_dataset, tmp_path, monkeypatch):
-  """With ``train.peak_flops = 0`` the run measures the peak with a matmul in
-  ``config.model.dtype``; a configured peak is used as is (per device)."""
-  assert flops.measure_peak_flops(dtype, n=128, repeats=1) > 0
+@pytest.mark.parametrize("pipeline, dtype", [("baseline", "float32"), ("baseline", "bfloat16"),
+                                             ("critic", None)])  # LLaMA: the model's default
+def test_peak_is_measured_in_the_model_dtype(pipeline, dtype, small_dataset, tmp_path,
+                                             monkeypatch):
+  """With ``train.peak_flops = 0`` the run measures the peak with a matmul in the trained
+  model's compute dtype (``config.model.dtype``, or the model's default, fp32); a configured
+  peak is used as is (per device)."""
+  assert flops.measure_peak_flops(dtype or "float32", n=128, repeats=1) > 0
   measured = []
   monkeypatch.setattr(flops, "measure_peak_flops",
                       lambda d, **_: measured.append(jnp.dtype(d)) or 2e9)
-  assert flops.peak_flops(3e9, dtype) == 3e9 * jax.device_count() and not measured
-  config = tiny_config("baseline", small_dataset, steps=1, eval_every=0, peak_flops=0.0)
-  config.model.dtype = dtype
+  assert flops.peak_flops(3e9, "bfloat16") == 3e9 * jax.device_count() and not measured
+  config = tiny_config(pipeline, small_dataset, steps=1, eval_every=0, peak_flops=0.0)
+  if dtype:
+    config.model.dtype = dtype
   loop.run(config, tmp_path / "run")
-  assert measured == [jnp.dtype(dtype)]
+  assert measured == [jnp.dtype(dtype or "float32")]

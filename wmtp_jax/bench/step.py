@@ -102,8 +102,8 @@ def _parts(context, state, frozen, batch, repeats: int) -> dict[str, float]:
 def measure(model: str, batch_size: int, seq: int, repeats: int,
             memory_efficient: bool = False) -> dict:
   config = _config(model, memory_efficient)
-  peak = flops.peak_flops(0.0, config.model.dtype)
   objective = objectives.build(config)
+  peak = flops.peak_flops(0.0, objective.model.cfg.dtype)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)
   state, frozen, context, _ = state_lib.build_state(config, objective, mesh, rules,
@@ -125,7 +125,7 @@ def measure(model: str, batch_size: int, seq: int, repeats: int,
   step_flops = flops.train_flops_per_token(objective, seq) * tokens
   return {"model": model, "memory_efficient_loss": memory_efficient,
           "policy_params": int(n_params), "batch": batch_size, "seq_len": seq,
-          "dtype": config.model.dtype, "measured_peak_flops": peak,
+          "dtype": objective.model.cfg.dtype, "measured_peak_flops": peak,
           "step_s": step_s, "tokens_per_s": tokens / step_s, "step_tflop": step_flops / 1e12,
           "mfu": flops.mfu(objective, batch_size, seq, step_s, peak), **parts, **memory}
 

@@ -5,8 +5,8 @@ Per token, a forward pass costs ``2 · (matmul parameters used)`` plus attention
 training costs 3× the forward of the trained model (forward + backward) plus the forward of frozen
 models (critic / reference). For the MTP model every trunk and head block runs once per token and
 the shared unembedding ``D·V`` runs once per head. The peak, unless configured, is measured with
-a matmul in the model's compute dtype (``config.model.dtype``: bf16 runs at several times the fp32
-rate on accelerators).
+a matmul in the trained model's compute dtype (its ``cfg.dtype``, ``config.model.dtype`` where set:
+bf16 runs at several times the fp32 rate on accelerators).
 """
 
 import time

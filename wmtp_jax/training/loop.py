@@ -144,7 +144,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
   logger = metrics_log.MetricsLogger(workdir, phase=phase, total_steps=total_steps)
   if memory:
     logger.write(start, memory)
-  peak = flops.peak_flops(config.train.peak_flops, config.model.dtype)
+  peak = flops.peak_flops(config.train.peak_flops, objective.model.cfg.dtype)
   preemption = _Preemption()
 
   # 5. Loop.
