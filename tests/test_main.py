@@ -1,4 +1,7 @@
-"""``wmtp_jax.main``: the frozen models a pipeline needs are trained first; required keys."""
+"""``wmtp_jax.main``: the frozen models a pipeline needs are trained first; required keys; the
+report (process 0 only)."""
+
+import json
 
 import pytest
 
@@ -13,6 +16,17 @@ def test_main_trains_critic_first_and_required_keys(small_dataset, tmp_path):
   config.critic.run.train.steps = 2
   report = main_lib.run(config, tmp_path)
   assert set(report) == {"critic", "verifiable"}
+  assert set(json.loads((tmp_path / "report.json").read_text())) == {"critic", "verifiable"}
   assert pretrained.read_config(tmp_path / "critic" / pretrained.RUN_EXPORT_DIR).value_head == "mlp"
   with pytest.raises(ValueError, match=r"config\.init\.checkpoint is required"):
     main_lib.run(config_lib.load("verifiable", "7b"), tmp_path / "7b")
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_only_process_0_writes_the_report(process, tmp_path, monkeypatch):
+  monkeypatch.setattr(main_lib.jax, "process_index", lambda: process)
+  main_lib.write_report(tmp_path, {"baseline": {"loss": 1.5}})
+  written = tmp_path / "report.json"
+  assert written.is_file() == (process == 0)
+  if process == 0:
+    assert json.loads(written.read_text()) == {"baseline": {"loss": 1.5}}

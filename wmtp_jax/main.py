@@ -70,8 +70,14 @@ def run(config, workdir: pathlib.Path) -> dict:
   report[config.pipeline] = loop.run(config, workdir / config.pipeline, hooks=hooks)
   if config.evaluate.enabled:
     report["evaluation"] = compare.trained_vs_untrained(config, workdir / config.pipeline)
-  (workdir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+  write_report(workdir, report)
   return report
+
+
+def write_report(workdir: pathlib.Path, report: dict) -> None:
+  """``WORKDIR/report.json``, written by process 0 only (every process holds the same report)."""
+  if jax.process_index() == 0:
+    (workdir / "report.json").write_text(json.dumps(report, indent=2, default=float))
 
 
 def main(argv) -> None:
