@@ -1,13 +1,17 @@
 """Shared pieces of the conversion tests (``test_convert``, ``test_export``, ``test_layouts``): the
 tiny MTP config, a BPE test tokenizer, Meta and HF checkpoint directories written in the real
-formats, and the CLI entry ``convert.main``. The test modules import the fixtures
-(``tokenizer_dir``, ``meta_model``) by name."""
+formats, a small LLaMA-3-style HF model and LLaMA-3's tokenizer files, and the CLI entry
+``convert.main``. The test modules import the fixtures (``tokenizer_dir``, ``meta_model``) by
+name."""
 
 import json
 import shutil
 
 import pytest
 import torch
+import transformers
+from tokenizers import (Regex, Tokenizer, decoders, models, pre_tokenizers, processors,
+                        trainers)
 from torch_reference import TorchMTP, randomize_
 
 from wmtp_jax import convert
@@ -84,3 +88,72 @@ def write_hf(path, ref, layout: str, tokenizer_dir):
 def hf_logits(model, tokens, mask):
   with torch.no_grad():
     return model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+
+
+# LLaMA-3 (3.1 / 3.2) features at test size: θ = 500000, ``llama3`` RoPE scaling with a short
+# original context, tied embeddings. Head width 32: the 16 RoPE wavelengths 6.3, 14.3, 32.4, …
+# fall in all three bands of 28 positions (kept < 28/4 = 7, interpolated, divided > 28/1).
+LLAMA3_SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                      original_max_position_embeddings=28)
+LLAMA3_SEQ = 40  # test sequences reach beyond the original context
+LLAMA3_VOCAB = 128256  # 128000 BPE entries, then 256 special tokens
+
+
+def hf_llama3(seed: int, vocab_size: int = VOCAB):
+  """A small random LLaMA-3.2-style ``transformers.LlamaForCausalLM`` (eager attention):
+  ``(config, model)``."""
+  hf_cfg = transformers.LlamaConfig(
+      vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, rms_norm_eps=1e-5,
+      rope_theta=500000.0, rope_scaling=dict(LLAMA3_SCALING), tie_word_embeddings=True,
+      attn_implementation="eager")
+  ref = transformers.LlamaForCausalLM(hf_cfg).eval()
+  randomize_(ref, seed)
+  return hf_cfg, ref
+
+
+# LLaMA-3's special tokens, ids 128000 … 128255 (Meta-Llama-3-8B's names).
+LLAMA3_SPECIAL_TOKENS = (
+    ["<|begin_of_text|>", "<|end_of_text|>"]
+    + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+    + ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
+    + [f"<|reserved_special_token_{i}|>" for i in range(5, 251)])
+# LLaMA-3's pre-tokenizer split (tiktoken's cl100k pattern with numbers in groups of 1–3).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}"
+                r"\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def write_llama3_tokenizer(path, eos_token: str = "<|end_of_text|>"):
+  """LLaMA-3's tokenizer files at full size: ``tokenizer.json`` (byte-level BPE of 128000 entries,
+  a few merges learnt on ``CORPUS``, the rest unreachable fillers; the 256 special tokens; a
+  post-processor that prepends ``<|begin_of_text|>``), ``tokenizer_config.json`` and
+  ``special_tokens_map.json`` with the fields of Meta's release (``eos_token``: the base models'
+  ``<|end_of_text|>``, the instruct models' ``<|eot_id|>``)."""
+  path.mkdir(parents=True, exist_ok=True)
+  bpe = Tokenizer(models.BPE())
+  bpe.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  bpe.decoder = decoders.ByteLevel()
+  bpe.train_from_iterator(CORPUS, trainer=trainers.BpeTrainer(
+      vocab_size=400, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  data = json.loads(bpe.to_str())
+  vocab = data["model"]["vocab"]
+  vocab.update({f"<filler_{i}>": i for i in range(len(vocab), 128000)})
+  bpe = Tokenizer.from_str(json.dumps(data))
+  bpe.add_special_tokens(LLAMA3_SPECIAL_TOKENS)
+  bos = LLAMA3_SPECIAL_TOKENS[0]
+  bpe.post_processor = processors.TemplateProcessing(
+      single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, 128000)])
+  bpe.save(str(path / "tokenizer.json"))
+  special = {"bos_token": bos, "eos_token": eos_token}
+  (path / "special_tokens_map.json").write_text(json.dumps(special))
+  (path / "tokenizer_config.json").write_text(json.dumps({
+      "added_tokens_decoder": {
+          str(128000 + i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                            "single_word": False, "special": True}
+          for i, t in enumerate(LLAMA3_SPECIAL_TOKENS)},
+      **special, "clean_up_tokenization_spaces": True,
+      "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 131072,
+      "tokenizer_class": "PreTrainedTokenizerFast"}))
+  return path

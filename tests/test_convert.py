@@ -20,12 +20,16 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from convert_helpers import (CORPUS, MTP, TOKENIZER_VOCAB, VOCAB, hf_logits, meta_model, run,
-                             tokenizer_dir, write_hf, write_meta)
+from convert_helpers import (CORPUS, LLAMA3_SCALING, LLAMA3_SEQ, LLAMA3_VOCAB, MTP,
+                             TOKENIZER_VOCAB, VOCAB, hf_llama3, hf_logits, meta_model, run,
+                             tokenizer_dir, write_hf, write_llama3_tokenizer, write_meta)
 from torch_reference import TorchMTP, hf_llama, padded_batch
 
+from wmtp_jax import IGNORE_INDEX
 from wmtp_jax.checkpoints import pretrained
-from wmtp_jax.data.tokenizer import TokenizerError
+from wmtp_jax.data import template
+from wmtp_jax.data.tokenizer import TokenizerError, load_tokenizer
+from wmtp_jax.models import layers
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 
@@ -77,6 +81,47 @@ def test_hf_layouts_convert_and_match_transformers(tmp_path, tokenizer_dir, layo
   valid = mask.astype(bool)
   np.testing.assert_allclose(got[valid], hf_logits(ref, tokens, mask)[valid],
                              rtol=1e-4, atol=1e-4)
+
+
+def test_llama3_checkpoint_and_tokenizer(tmp_path):
+  """A LLaMA-3.2-style checkpoint (``save_pretrained`` safetensors: vocabulary 128256, tied
+  embeddings, ``llama3`` RoPE scaling, θ = 500000) with LLaMA-3's tokenizer files: its conversion
+  matches transformers beyond the original context, and the carried tokenizer has LLaMA-3's BOS
+  and EOS, which the Alpaca template puts around a row. The instruct models' EOS, ``<|eot_id|>``,
+  too."""
+  _, ref = hf_llama3(seed=8, vocab_size=LLAMA3_VOCAB)
+  src = tmp_path / "src"
+  ref.save_pretrained(src)
+  write_llama3_tokenizer(src)
+  summary = run("hf", "--src", src, "--dst", tmp_path / "ours")
+  assert summary["kind"] == "llama" and summary["source_dtypes"] == {"float32": 2 + 9 * 2}
+  assert summary["n_params"] == sum(p.numel() for p in ref.parameters())  # the table once
+  config, params = pretrained.load_pretrained(tmp_path / "ours")
+  assert config.tie_word_embeddings and set(params) == {"model"}
+  assert config.rope_theta == 500000.0 and config.vocab_size == LLAMA3_VOCAB
+  assert config.rope_scaling == layers.RopeScaling(**LLAMA3_SCALING)
+  tokens, mask = padded_batch(np.random.default_rng(9), LLAMA3_VOCAB, 2, LLAMA3_SEQ,
+                              [LLAMA3_SEQ, 31])
+  got = np.asarray(LlamaForCausalLM(config).apply({"params": params}, tokens, mask))
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(got[valid], hf_logits(ref, tokens, mask)[valid],
+                             rtol=1e-4, atol=1e-4)
+
+  record = {"instruction": "Add one.", "output": "def f(x):\n    return x + 1\n",
+            "is_correct": 1.0}
+  instruct = write_llama3_tokenizer(tmp_path / "instruct", eos_token="<|eot_id|>")
+  for tokenizer, eos_id in ((pretrained.load_tokenizer(tmp_path / "ours"), 128001),
+                            (load_tokenizer(instruct), 128009)):
+    assert len(tokenizer) == LLAMA3_VOCAB
+    assert (tokenizer.bos_token, tokenizer.bos_token_id) == ("<|begin_of_text|>", 128000)
+    assert tokenizer.eos_token_id == eos_id
+    assert tokenizer("def f(x):").input_ids[0] == 128000  # as LLaMA-3's post-processor does
+    row = template.encode(record, tokenizer, max_len=400)
+    assert row.tokens[0] == 128000 and row.tokens[-1] == eos_id
+    prompt_len = len(tokenizer.encode(template.format_prompt(record), add_special_tokens=False))
+    assert np.all(row.labels[:1 + prompt_len] == IGNORE_INDEX)
+    np.testing.assert_array_equal(row.labels[1 + prompt_len:], row.tokens[1 + prompt_len:])
+    assert tokenizer.decode(row.tokens[1 + prompt_len:-1]) == record["output"]
 
 
 def test_sentencepiece_tokenizer_from_meta_release_layout(tmp_path):

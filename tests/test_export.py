@@ -14,8 +14,8 @@ import safetensors
 import safetensors.torch
 import torch
 import transformers
-from convert_helpers import (MTP, TOKENIZER_VOCAB, VOCAB, hf_logits, meta_model, run,
-                             tokenizer_dir, write_hf, write_meta)
+from convert_helpers import (LLAMA3_SCALING, LLAMA3_SEQ, MTP, TOKENIZER_VOCAB, VOCAB, hf_llama3,
+                             hf_logits, meta_model, run, tokenizer_dir, write_hf, write_meta)
 from flax import traverse_util
 from torch_reference import TorchMTP, hf_llama, padded_batch, randomize_
 
@@ -72,6 +72,38 @@ def test_hf_round_trip_is_exact_and_loads_in_transformers(tmp_path, tokenizer_di
   np.testing.assert_allclose(hf_logits(exported, tokens, mask)[valid], ours[valid],
                              rtol=1e-4, atol=1e-4)
   assert len(transformers.AutoTokenizer.from_pretrained(back)) == TOKENIZER_VOCAB
+
+
+def test_llama3_round_trip_is_exact_and_loads_in_transformers(tmp_path, tokenizer_dir):
+  """Tied embeddings and ``llama3`` RoPE scaling: ``hf`` then ``export-hf`` writes the source's
+  tensors (no ``lm_head.weight``) and its RoPE / tying config, which transformers loads into the
+  same logits as ours, beyond the original context; importing the export gives the same config."""
+  _, ref = hf_llama3(seed=10)
+  src = write_hf(tmp_path / "src", ref, "safetensors", tokenizer_dir)
+  run("hf", "--src", src, "--dst", tmp_path / "ours")
+  run("export-hf", "--src", tmp_path / "ours", "--dst", tmp_path / "back")
+  back = tmp_path / "back"
+  got = safetensors.torch.load_file(back / "model.safetensors")
+  want = safetensors.torch.load_file(src / "model.safetensors")
+  assert "lm_head.weight" not in want and sorted(got) == sorted(want)
+  for key in want:
+    assert torch.equal(got[key], want[key]), key
+  written = json.loads((back / "config.json").read_text())
+  source = json.loads((src / "config.json").read_text())
+  for key in ("tie_word_embeddings", "rope_parameters", "vocab_size", "max_position_embeddings"):
+    assert written[key] == source[key], key
+  assert written["rope_parameters"] == {**LLAMA3_SCALING, "rope_theta": 500000.0}
+
+  exported = transformers.LlamaForCausalLM.from_pretrained(back, dtype=torch.float32).eval()
+  assert exported.lm_head.weight is exported.model.embed_tokens.weight
+  config, params = pretrained.load_pretrained(tmp_path / "ours")
+  tokens, mask = padded_batch(np.random.default_rng(11), VOCAB, 2, LLAMA3_SEQ, [LLAMA3_SEQ, 30])
+  ours = np.asarray(LlamaForCausalLM(config).apply({"params": params}, tokens, mask))
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(hf_logits(exported, tokens, mask)[valid], ours[valid],
+                             rtol=1e-4, atol=1e-4)
+  run("hf", "--src", back, "--dst", tmp_path / "again")
+  assert pretrained.read_config(tmp_path / "again") == config
 
 
 def test_mtp_export_hf_next_token_path_and_extra_heads(tmp_path, meta_model):

@@ -14,7 +14,8 @@ Sources:
   ``hf``: ``config.json`` + ``model.safetensors`` | sharded ``*.safetensors`` with
     ``model.safetensors.index.json`` | ``pytorch_model.bin`` (optionally sharded with
     ``pytorch_model.bin.index.json``) → a ``LlamaForCausalLM`` tree (``kind: llama``; the
-    ``ValueModel`` backbone is its ``model`` subtree). The tokenizer files come from the same
+    ``ValueModel`` backbone is its ``model`` subtree; LLaMA-3's ``llama3`` RoPE scaling and tied
+    embeddings, without ``lm_head.weight``, included). The tokenizer files come from the same
     directory or ``--tokenizer``. An ``export-hf`` output of an MTP model (``config.json`` of
     the next-token path + ``extra_heads.safetensors``) becomes that MTP model again (``kind:
     mtp``, every head; see ``wmtp_jax.checkpoints.export.exported_mtp_config``).

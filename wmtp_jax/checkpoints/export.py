@@ -60,18 +60,21 @@ def _copy_tokenizer_files(tokenizer: str | Path | None, dst: Path) -> None:
 
 def hf_config(config: MTPConfig | LlamaConfig, dtype: str) -> transformers.LlamaConfig:
   """The ``transformers.LlamaConfig`` of the exported ``LlamaForCausalLM`` (for an MTP model: the
-  next-token path, ``n_layers − n_future + 1`` layers)."""
+  next-token path, ``n_layers − n_future + 1`` layers), with the RoPE scaling and embedding tying
+  of a ``LlamaConfig``."""
   b = config.block
   if isinstance(config, MTPConfig):
-    n_layers, max_positions = config.n_trunk_layers + 1, config.max_seq_len
+    n_layers, max_positions, tied = config.n_trunk_layers + 1, config.max_seq_len, False
   else:
     n_layers, max_positions = config.num_hidden_layers, config.max_position_embeddings
+    tied = config.tie_word_embeddings
+  scaling = None if b.rope_scaling is None else dataclasses.asdict(b.rope_scaling)
   out = transformers.LlamaConfig(
       vocab_size=config.vocab_size, hidden_size=b.dim, intermediate_size=b.ffn_hidden,
       num_hidden_layers=n_layers, num_attention_heads=b.n_heads, num_key_value_heads=b.n_kv_heads,
       max_position_embeddings=max_positions, rms_norm_eps=b.norm_eps, rope_theta=b.rope_theta,
-      hidden_act="silu", tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-      dtype=dtype)
+      rope_scaling=scaling, hidden_act="silu", tie_word_embeddings=tied, attention_bias=False,
+      mlp_bias=False, dtype=dtype)
   out.architectures = ["LlamaForCausalLM"]
   return out
 

@@ -123,12 +123,14 @@ def meta_entries(cfg: MTPConfig) -> dict[str, Entry]:
 
 
 def hf_entries(cfg: LlamaConfig, *, lm_head: bool = True) -> dict[str, Entry]:
-  """Entries of a HF ``LlamaForCausalLM`` state dict under our ``model/…`` (+ ``lm_head``) tree."""
+  """Entries of a HF ``LlamaForCausalLM`` state dict under our ``model/…`` (+ ``lm_head``) tree.
+  A model with ``tie_word_embeddings`` has no ``lm_head.weight`` (HF ties it to
+  ``model.embed_tokens.weight`` and ``save_pretrained`` writes the table once)."""
   b, v, d = cfg.block, cfg.vocab_size, cfg.hidden_size
   entries = {"model.embed_tokens.weight": Entry(("model", "embed_tokens", "embedding"), "copy",
                                                 (v, d)),
              "model.norm.weight": Entry(("model", "norm", "weight"), "copy", (d,))}
-  if lm_head:
+  if lm_head and not cfg.tie_word_embeddings:
     entries["lm_head.weight"] = Entry(("lm_head", "kernel"), "linear", (v, d))
   for i in range(cfg.num_hidden_layers):
     entries.update(_block_entries(f"model.layers.{i}", ("model", f"layers_{i}"), b, _HF_BLOCK,

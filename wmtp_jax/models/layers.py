@@ -9,14 +9,47 @@ those names onto devices (``flax.linen.logical_axis_rules``). Without rules they
 RoPE layout: **rotate-half** (Hugging Face): dimension ``i`` of a head is paired with ``i + H/2``.
 Meta's checkpoints pair adjacent dimensions ``(2i, 2i+1)``; ``wmtp_jax.checkpoints.layouts``
 permutes the rows of Meta's ``wq``/``wk`` on conversion so the two give identical attention scores
-(DESIGN §4).
+(DESIGN §4). The frequencies are ``θ^(−2i/H)``, optionally rescaled as LLaMA-3.1 does
+(``RopeScaling``).
 """
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+ROPE_SCALING_TYPES = ("llama3",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """RoPE frequency scaling, the fields of a HF ``rope_scaling`` (``rope_parameters``) entry.
+
+  ``llama3`` (LLaMA-3.1 / 3.2; transformers' ``_compute_llama3_parameters``): with
+  ``old = original_max_position_embeddings``, a frequency whose wavelength ``2π / f`` is below
+  ``old / high_freq_factor`` is kept, one above ``old / low_freq_factor`` is divided by ``factor``,
+  and one between is interpolated: ``(1 − s) f / factor + s f`` with
+  ``s = (old / wavelength − low_freq_factor) / (high_freq_factor − low_freq_factor)``.
+  """
+  rope_type: str
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_position_embeddings: int
+
+  def __post_init__(self):
+    if self.rope_type not in ROPE_SCALING_TYPES:
+      raise ValueError(f"rope_scaling rope_type={self.rope_type!r} is not supported (expected one "
+                       f"of {ROPE_SCALING_TYPES})")
+    if not 0 < self.low_freq_factor < self.high_freq_factor:
+      raise ValueError(f"rope_scaling: expected 0 < low_freq_factor={self.low_freq_factor} < "
+                       f"high_freq_factor={self.high_freq_factor}")
+    if self.factor <= 0 or self.original_max_position_embeddings <= 0:
+      raise ValueError(f"rope_scaling: factor={self.factor} and original_max_position_embeddings="
+                       f"{self.original_max_position_embeddings} must be positive")
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockConfig:
@@ -27,6 +60,7 @@ class BlockConfig:
   ffn_hidden: int
   norm_eps: float = 1e-5
   rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
   dtype: str = "float32"        # compute dtype of activations and matmuls
   param_dtype: str = "float32"  # storage dtype of the parameters
 
@@ -74,9 +108,26 @@ class RMSNorm(nn.Module):
     return normed.astype(x.dtype) * weight.astype(x.dtype)[(None,) * (x.ndim - 1)]
 
 
-def rope_cos_sin(positions_BxS, head_dim: int, theta: float):
-  """``cos, sin`` of shape ``[B, S, H]`` (fp32) in the rotate-half layout (halves repeated)."""
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None):
+  """The ``H/2`` RoPE frequencies ``θ^(−2i/H)`` (fp32), rescaled by ``scaling`` if given."""
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  if scaling is None:
+    return inv_freq
+  old, low, high = (scaling.original_max_position_embeddings, scaling.low_freq_factor,
+                    scaling.high_freq_factor)
+  wavelength = 2 * math.pi / inv_freq
+  divided = jnp.where(wavelength > old / low, inv_freq / scaling.factor, inv_freq)
+  smooth = (old / wavelength - low) / (high - low)
+  interpolated = (1 - smooth) * divided / scaling.factor + smooth * divided
+  medium = (wavelength >= old / high) & (wavelength <= old / low)
+  return jnp.where(medium, interpolated, divided)
+
+
+def rope_cos_sin(positions_BxS, head_dim: int, theta: float,
+                 scaling: RopeScaling | None = None):
+  """``cos, sin`` of shape ``[B, S, H]`` (fp32) in the rotate-half layout (halves repeated), of
+  the frequencies ``rope_inv_freq(head_dim, theta, scaling)``."""
+  inv_freq = rope_inv_freq(head_dim, theta, scaling)
   angles_BxSxHhalf = positions_BxS.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
   angles_BxSxH = jnp.concatenate([angles_BxSxHhalf, angles_BxSxHhalf], axis=-1)
   return jnp.cos(angles_BxSxH), jnp.sin(angles_BxSxH)
@@ -250,7 +301,8 @@ def prepare_inputs(tokens_BxS, attention_mask_BxS, positions_BxS, cache_index_B,
     positions_BxS = jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1]), tokens_BxS.shape)
     if cache_index_B is not None:
       positions_BxS = positions_BxS + jnp.asarray(cache_index_B, positions_BxS.dtype)[:, None]
-  cos_BxSxH, sin_BxSxH = rope_cos_sin(positions_BxS, cfg.head_dim, cfg.rope_theta)
+  cos_BxSxH, sin_BxSxH = rope_cos_sin(positions_BxS, cfg.head_dim, cfg.rope_theta,
+                                      cfg.rope_scaling)
   return attention_mask_BxS, cos_BxSxH, sin_BxSxH
 
 

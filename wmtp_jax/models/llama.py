@@ -3,8 +3,9 @@
 Parameter tree (Flax names; ``wmtp_jax.checkpoints.layouts`` maps a HF ``LlamaForCausalLM``
 state dict onto it): ``model/embed_tokens/embedding [V, D]``, ``model/layers_{i}/…``
 (``layers.Block``; with ``scan_layers`` one ``model/layers/…`` ``[num_hidden_layers, …]``),
-``model/norm/weight [D]``, and ``lm_head/kernel [D, V]`` (``LlamaForCausalLM``) or
-``value_head/…`` (``ValueModel``).
+``model/norm/weight [D]``, and ``lm_head/kernel [D, V]`` (``LlamaForCausalLM``; none with
+``tie_word_embeddings``, whose logits use the embedding table) or ``value_head/…``
+(``ValueModel``).
 
 ``ValueModel`` output ``V[b, t]`` is the value of the state after reading ``x_0 … x_t``: the value
 head applied to the final-normed hidden state at position ``t`` (DESIGN §2).
@@ -13,6 +14,7 @@ head applied to the final-normed hidden state at position ``t`` (DESIGN §2).
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -30,6 +32,10 @@ class LlamaConfig:
   ``value_head``: ``linear`` (h→1 with bias), ``sigmoid`` (h→1→σ) or ``mlp``
   (h→h/4→GELU→h/8→GELU→1, dropout after each GELU, last layer zero-initialised).
   ``value_head_bias_init`` sets the bias of the last value layer (e.g. 0.5, the prior success rate).
+  ``rope_scaling``: ``None`` or a ``layers.RopeScaling`` (given as the dict of a HF
+  ``config.json``, e.g. LLaMA-3.1's ``{"rope_type": "llama3", "factor": 8.0, …}``).
+  ``tie_word_embeddings``: the logits use the embedding table ``[V, D]``, no ``lm_head``
+  (LLaMA-3.2 1B / 3B).
   """
   vocab_size: int = 32000
   hidden_size: int = 4096
@@ -40,6 +46,8 @@ class LlamaConfig:
   max_position_embeddings: int = 4096
   rms_norm_eps: float = 1e-5
   rope_theta: float = 10000.0
+  rope_scaling: layers.RopeScaling | None = None
+  tie_word_embeddings: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
   value_head: str = "linear"
@@ -49,6 +57,11 @@ class LlamaConfig:
   scan_layers: bool = False  # blocks as one ``nn.scan`` loop (``layers.run_blocks``), as in MTP
 
   def __post_init__(self):
+    scaling = self.rope_scaling  # a dict as in a config.json, or a ConfigDict
+    scaling = scaling.to_dict() if hasattr(scaling, "to_dict") else scaling
+    if isinstance(scaling, Mapping):
+      object.__setattr__(self, "rope_scaling", strict.from_dict(
+          layers.RopeScaling, dict(scaling), where="LlamaConfig.rope_scaling"))
     layers.block_class(self.remat)  # validates the name
     if self.value_head not in VALUE_HEADS:
       raise ValueError(f"value_head={self.value_head!r}: expected one of {VALUE_HEADS}")
@@ -60,27 +73,35 @@ class LlamaConfig:
         dim=self.hidden_size, n_heads=self.num_attention_heads,
         n_kv_heads=self.num_key_value_heads or self.num_attention_heads,
         ffn_hidden=self.intermediate_size, norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+        rope_scaling=self.rope_scaling, dtype=self.dtype, param_dtype=self.param_dtype)
 
   @classmethod
   def from_hf_config(cls, path: str | os.PathLike, **overrides: Any) -> "LlamaConfig":
     """Read a HF ``config.json``: the fields above are taken, HF bookkeeping keys ignored, and
-    features this implementation does not have (biases, RoPE scaling, tied embeddings, another
-    activation) are errors naming the file and key rather than silently different models."""
+    features this implementation does not have (biases, a RoPE scaling other than ``llama3``,
+    another activation) are errors naming the file and key rather than silently different
+    models."""
     with open(path) as f:
       hf = json.load(f)
-    # transformers ≥ 5 writes ``rope_parameters: {rope_type, rope_theta}``; older files carry
-    # ``rope_theta`` and ``rope_scaling`` at the top level.
-    rope = hf.pop("rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-      raise ValueError(f"{path}: rope_parameters.rope_type={rope['rope_type']!r} is not supported "
-                       f"(expected 'default')")
+    # transformers ≥ 5 writes ``rope_parameters: {rope_type, rope_theta, <scaling fields>}``;
+    # older files carry ``rope_theta`` and ``rope_scaling: {rope_type | type, <fields>}`` (or
+    # null) at the top level.
+    parameters, scaling = hf.pop("rope_parameters", None), hf.pop("rope_scaling", None)
+    rope_key = "rope_parameters" if parameters else "rope_scaling"
+    rope = dict(parameters or scaling or {})
+    rope_type = rope.pop("rope_type", rope.pop("type", "default"))
     if "rope_theta" in rope:
-      hf["rope_theta"] = rope["rope_theta"]
-    unsupported = {
-        "hidden_act": ("silu",), "rope_scaling": (None,), "attention_bias": (False,),
-        "mlp_bias": (False,), "tie_word_embeddings": (False,),
-    }
+      hf["rope_theta"] = rope.pop("rope_theta")
+    if rope_type not in ("default", *layers.ROPE_SCALING_TYPES):
+      raise ValueError(f"{path}: {rope_key}.rope_type={rope_type!r} is not supported (expected "
+                       f"'default' or one of {layers.ROPE_SCALING_TYPES})")
+    if rope_type == "default" and rope:
+      raise ValueError(f"{path}: {rope_key} fields {sorted(rope)} are not supported with "
+                       f"rope_type 'default'")
+    if rope_type != "default":
+      hf["rope_scaling"] = strict.from_dict(layers.RopeScaling, {"rope_type": rope_type, **rope},
+                                            where=f"{path}: {rope_key}")
+    unsupported = {"hidden_act": ("silu",), "attention_bias": (False,), "mlp_bias": (False,)}
     for key, allowed in unsupported.items():
       if key in hf and hf[key] not in allowed:
         raise ValueError(f"{path}: {key}={hf[key]!r} is not supported (expected {allowed[0]!r})")
@@ -122,13 +143,18 @@ class LlamaForCausalLM(nn.Module):
                return_hidden: bool = False, cache_index_B=None):
     """With ``return_hidden`` return the final-normed hidden ``[B, S, D]`` instead of logits.
     ``cache_index_B``: KV-cache mode (generation), as in ``MTPTransformer``."""
-    h_BxSxD = LlamaModel(self.cfg, name="model")(tokens_BxS, attention_mask_BxS,
-                                                  positions_BxS=positions_BxS,
-                                                  cache_index_B=cache_index_B)
+    cfg = self.cfg
+    h_BxSxD = LlamaModel(cfg, name="model")(tokens_BxS, attention_mask_BxS,
+                                             positions_BxS=positions_BxS,
+                                             cache_index_B=cache_index_B)
     if return_hidden:
       return h_BxSxD
-    logits_BxSxV = layers.Unembed(self.cfg.vocab_size, self.cfg.dtype, self.cfg.param_dtype,
-                                  name="lm_head")(h_BxSxD)
+    if cfg.tie_word_embeddings:
+      table_VxD = nn.meta.unbox(self.variables["params"]["model"]["embed_tokens"]["embedding"])
+      logits_BxSxV = jnp.einsum("bsd,vd->bsv", h_BxSxD, table_VxD.astype(cfg.dtype))
+    else:
+      logits_BxSxV = layers.Unembed(cfg.vocab_size, cfg.dtype, cfg.param_dtype,
+                                    name="lm_head")(h_BxSxD)
     return nn.with_logical_constraint(logits_BxSxV, ("batch", "length", "vocab"))
 
 
