@@ -8,13 +8,14 @@ import sys
 from absl import flags
 import jax
 import jax.numpy as jnp
+import ml_collections
 from ml_collections import config_flags
 import numpy as np
 import pytest
 
 from wmtp_jax.config import common as config_lib
-from wmtp_jax.models import presets
-from wmtp_jax.models.llama import LlamaConfig
+from wmtp_jax.models import layers, presets
+from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.models.mtp import MTPConfig, MTPTransformer
 from wmtp_jax.training import mesh as mesh_lib
 
@@ -59,6 +60,28 @@ def test_tiny_variant_runs_forward():
 def test_sheared_llama_preset_size():
   cfg = LlamaConfig(**presets.llama("sheared_llama_2.7b"))
   assert cfg.block.head_dim == 128 and cfg.block.ffn_hidden == 6912
+
+
+@pytest.mark.parametrize("name,n_expected,head_dim,factor,tied", [
+    # V·D + D·V + D + L·(2·D² + 2·D·K·H + 3·D·F + 2·D), V = 128256, D = 4096, K·H = 1024,
+    # F = 14336, L = 32: the published 8.03B.
+    ("llama3_8b", 8_030_261_248, 128, None, False),
+    ("llama3.1_8b", 8_030_261_248, 128, 8.0, False),
+    # Tied: V·D + D + L·(…), D = 2048, K·H = 512, F = 8192, L = 16: the published 1.24B.
+    ("llama3.2_1b", 1_235_814_400, 64, 32.0, True)])
+def test_llama3_presets_build_with_their_sizes(name, n_expected, head_dim, factor, tied):
+  cfg = presets.build(LlamaConfig, presets.llama(name), where=name)
+  assert LlamaConfig(**ml_collections.ConfigDict(presets.llama(name))) == cfg
+  assert n_params(LlamaForCausalLM(cfg)) == n_expected
+  assert (cfg.rope_theta, cfg.vocab_size, cfg.block.head_dim, cfg.tie_word_embeddings) == (
+      500000.0, 128256, head_dim, tied)
+  if factor is None:  # LLaMA-3.0: 8K positions, no scaling
+    assert cfg.rope_scaling is None and cfg.max_position_embeddings == 8192
+  else:
+    assert cfg.max_position_embeddings == 131072
+    assert cfg.rope_scaling == layers.RopeScaling(
+        rope_type="llama3", factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=8192)
 
 
 def test_config_typos_are_errors():

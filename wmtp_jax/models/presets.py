@@ -4,6 +4,7 @@
 ``build`` turns the (possibly overridden) ``ConfigDict`` into the frozen dataclass, strictly.
 """
 
+import copy
 from typing import Any
 
 from wmtp_jax.models import strict
@@ -19,6 +20,17 @@ MTP_PRESETS: dict[str, dict[str, Any]] = {
                max_seq_len=2048),
 }
 
+
+def _llama3_scaling(factor: float) -> dict[str, Any]:
+  """LLaMA-3.1 / 3.2's ``rope_scaling`` (``layers.RopeScaling``) with ``factor``."""
+  return dict(rope_type="llama3", factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
+              original_max_position_embeddings=8192)
+
+
+_LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                  rms_norm_eps=1e-5, rope_theta=500000.0)
+
 LLAMA_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
@@ -32,13 +44,23 @@ LLAMA_PRESETS: dict[str, dict[str, Any]] = {
                                 num_hidden_layers=32, num_attention_heads=32,
                                 num_key_value_heads=32, max_position_embeddings=16384,
                                 rms_norm_eps=1e-5, rope_theta=1e6),
+    # meta-llama/Meta-Llama-3-8B (8.03B parameters).
+    "llama3_8b": dict(_LLAMA3_8B, max_position_embeddings=8192),
+    # meta-llama/Llama-3.1-8B: LLaMA-3-8B's shapes, 128K positions by ``llama3`` RoPE scaling.
+    "llama3.1_8b": dict(_LLAMA3_8B, max_position_embeddings=131072,
+                        rope_scaling=_llama3_scaling(8.0)),
+    # meta-llama/Llama-3.2-1B (1.24B parameters: the output projection is the embedding table).
+    "llama3.2_1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+                        rope_scaling=_llama3_scaling(32.0), tie_word_embeddings=True),
 }
 
 
 def _preset(table: dict[str, dict[str, Any]], kind: str, name: str, overrides) -> dict[str, Any]:
   if name not in table:
     raise ValueError(f"unknown {kind} preset {name!r}; known: {sorted(table)}")
-  return {**table[name], **overrides}
+  return {**copy.deepcopy(table[name]), **overrides}
 
 
 def mtp(name: str, **overrides: Any) -> dict[str, Any]:
