@@ -24,14 +24,12 @@ import pathlib
 import re
 from typing import Any
 
-import grain
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from wmtp_jax.checkpoints import integrity, pretrained
-from wmtp_jax.data import pipeline
 
 log = logging.getLogger("wmtp_jax")
 CONFIG_FILE = "config.json"
@@ -94,6 +92,7 @@ class Checkpointer:
   def save(self, step: int, state, data_iterator, *, metrics: dict[str, float] | None = None,
            force: bool = False) -> bool:
     """Save if ``step`` is due (or ``force``); returns whether a checkpoint was written."""
+    import grain  # pylint: disable=import-outside-toplevel  (not needed to read params)
     saved = self.manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       data=grain.checkpoint.CheckpointSave(data_iterator)),
@@ -137,6 +136,8 @@ class Checkpointer:
     (``pipeline.reshard_state``; ``num_indices``: elements per epoch of the train pipeline), with a
     warning saying whether the resumed stream is exact.
     """
+    import grain  # pylint: disable=import-outside-toplevel  (not needed to read params)
+    from wmtp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     data_dir = self.directory / str(step) / "data"
     saved = _saved_process_count(data_dir)
     if saved == jax.process_count():

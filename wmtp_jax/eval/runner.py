@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmtp_jax import IGNORE_INDEX
-from wmtp_jax.config import common as config_lib
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.decoding.sampling import Sampling
 from wmtp_jax.data import jsonl
@@ -296,6 +295,7 @@ def _table(title: str, rows: Mapping[str, Any]) -> str:
 def run(config, workdir) -> dict:
   """The ``evaluate`` pipeline (``configs/evaluate.py``): returns the summary (also written)."""
   from wmtp_jax.training import mesh as mesh_lib, metrics_log  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.config import common as config_lib  # pylint: disable=import-outside-toplevel
   from wmtp_jax.data import jsonl  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
   config_lib.check_required(config)

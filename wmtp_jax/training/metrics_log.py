@@ -15,7 +15,6 @@ import time
 
 import jax
 import numpy as np
-import tensorboardX
 
 log = logging.getLogger("wmtp_jax")
 
@@ -56,6 +55,7 @@ class MetricsLogger:
     self._start = time.time()
     self._start_step: int | None = None
     if self.primary:
+      import tensorboardX  # pylint: disable=import-outside-toplevel  (only the writer needs it)
       workdir.mkdir(parents=True, exist_ok=True)
       self._tb = tensorboardX.SummaryWriter(str(workdir / "tb"))
       self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
