@@ -15,12 +15,16 @@ permutes the rows of Meta's ``wq``/``wk`` on conversion so the two give identica
 
 import dataclasses
 import math
+import os
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 ROPE_SCALING_TYPES = ("llama3",)
+ATTENTION_ENV = "WMTP_JAX_ATTENTION"  # auto (default) | xla | cudnn: see attention_implementation
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,11 +169,40 @@ class Projection(nn.Module):
     return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (axes, ((), ())))
 
 
+def attention_implementation(dtype, head_dim: int, *, kv_cache: bool) -> str:
+  """The kernel ``Attention`` runs ``jax.nn.dot_product_attention`` with: ``"cudnn"`` (fused flash
+  attention) on a CUDA GPU for 16-bit inputs whose head width is a multiple of 8 and at most 128,
+  outside KV-cache mode (whose per-slot mask cuDNN does not take); ``"xla"`` elsewhere (the
+  function's own default, ``implementation=None``, is XLA everywhere). The environment variable
+  ``WMTP_JAX_ATTENTION`` = ``xla`` | ``cudnn`` forces one (``cudnn`` where it does not apply is
+  an error of ``jax.nn.dot_product_attention``); read when a function is traced."""
+  forced = os.environ.get(ATTENTION_ENV, "auto")
+  if forced not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"{ATTENTION_ENV}={forced!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+  if forced != "auto":
+    return forced
+  cuda = "cuda" in jax.extend.backend.get_backend().platform_version.lower()
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  fits = head_dim % 8 == 0 and head_dim <= 128
+  return "cudnn" if cuda and half and fits and not kv_cache else "xla"
+
+
+def _cudnn_causal_attention(q_BxSxQxH, k_BxSxKxH, v_BxSxKxH, attention_mask_BxS):
+  """Causal cuDNN attention with the key padding mask given as key counts: rows are right
+  padded, so row ``b`` sees its first ``sum(mask[b])`` keys (at least one, so that the unused
+  outputs of an empty row stay finite, as the XLA path's are)."""
+  lengths_B = None if attention_mask_BxS is None else jnp.maximum(
+      attention_mask_BxS.astype(jnp.int32).sum(axis=-1), 1)
+  return jax.nn.dot_product_attention(q_BxSxQxH, k_BxSxKxH, v_BxSxKxH, is_causal=True,
+                                      key_value_seq_lengths=lengths_B, implementation="cudnn")
+
+
 class Attention(nn.Module):
   """Causal grouped-query attention with a key padding mask, and an optional KV cache.
 
   Kernels: ``wq [D, Q, H]``, ``wk, wv [D, K, H]``, ``wo [Q, H, D]`` (no biases). The attention
-  itself is ``jax.nn.dot_product_attention`` so GPUs get the fused cuDNN kernel.
+  itself is ``jax.nn.dot_product_attention``, on a GPU the fused cuDNN kernel where it applies
+  (``attention_implementation``).
 
   **KV-cache mode** (``cache_index_B`` given; generation, ``wmtp_jax.decoding``): the ``T`` input
   tokens of row ``b`` occupy cache slots ``cache_index_B[b] … cache_index_B[b] + T − 1`` of the
@@ -199,16 +232,18 @@ class Attention(nn.Module):
     k_BxSxKxH = nn.with_logical_constraint(
         apply_rope(k_BxSxKxH, cos_BxSxH, sin_BxSxH), ("batch", "length", "kv_heads", "head_dim"))
     v_BxSxKxH = nn.with_logical_constraint(v_BxSxKxH, ("batch", "length", "kv_heads", "head_dim"))
-    if cache_index_B is None:
-      mask_Bx1xTxS = None if attention_mask_BxS is None else (
-          attention_mask_BxS.astype(bool)[:, None, None, :])
-      is_causal = True
+    kv_cache = cache_index_B is not None
+    if attention_implementation(q_BxSxQxH.dtype, cfg.head_dim, kv_cache=kv_cache) == "cudnn":
+      out_BxSxQxH = _cudnn_causal_attention(q_BxSxQxH, k_BxSxKxH, v_BxSxKxH, attention_mask_BxS)
     else:
-      k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS = self._update_cache(
-          k_BxSxKxH, v_BxSxKxH, cache_index_B, attention_mask_BxS)
-      is_causal = False
-    out_BxSxQxH = jax.nn.dot_product_attention(
-        q_BxSxQxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS, is_causal=is_causal)
+      if kv_cache:
+        k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS = self._update_cache(
+            k_BxSxKxH, v_BxSxKxH, cache_index_B, attention_mask_BxS)
+      else:
+        mask_Bx1xTxS = None if attention_mask_BxS is None else (
+            attention_mask_BxS.astype(bool)[:, None, None, :])
+      out_BxSxQxH = jax.nn.dot_product_attention(
+          q_BxSxQxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS, is_causal=not kv_cache)
     out_BxSxQxH = nn.with_logical_constraint(out_BxSxQxH, ("batch", "length", "heads", "head_dim"))
     return dense(cfg.dim, (-2, -1), ("heads", "head_dim", "embed"), "wo")(out_BxSxQxH)
 
