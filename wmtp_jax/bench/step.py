@@ -1,13 +1,21 @@
-"""``python -m wmtp_jax.bench step``: the full ``verifiable`` train step — tokens/s, MFU, time split.
+"""``python -m wmtp_jax.bench step``: the full ``verifiable`` train step: tokens/s, MFU, time split,
+host/device overlap.
 
 For the ``tiny`` preset and a ``small`` MTP model (71M parameters, vocab 32000) with a small
 critic, on random token batches, with the plain CE over ``[B, S, n, V]`` logits and with the
-memory-efficient blockwise CE (``--losses``): the jitted train step's time, tokens/s and MFU against this
-device's matmul peak in the model's compute dtype measured in the same run
-(``flops.measure_peak_flops``), the compiled memory
-per device, and the time of its parts each jitted alone (critic forward, weighting, policy
-forward + backward, optimizer update). The parts overlap and fuse inside the real step, so their
-sum need not equal it.
+memory-efficient blockwise CE (``--losses``): the jitted train step's time, tokens/s and MFU
+against this device's matmul peak in the model's compute dtype measured in the same run
+(``flops.measure_peak_flops``), the compiled memory per device, and the time of its parts each
+jitted alone (critic forward, weighting, policy forward + backward, optimizer update). The parts
+overlap and fuse inside the real step, so their sum need not equal it.
+
+``overlap``: ``--overlap-steps`` steps run as the train loop runs them (make the batch on the host,
+dispatch the step, fetch a step's metrics), fetching the metrics of the step just dispatched
+(``before``: the host waits for the device before making the next batch, as the loop did) and of
+the previous step (``after``: the device runs a step while the host makes the next batch, as the
+loop does now), alternately ``--repeats`` times: per step the seconds the host is blocked waiting
+for device results, the wall seconds and the MFU (medians), and their ``after_over_before``
+ratios.
 """
 
 import argparse
@@ -40,14 +48,18 @@ def _config(model: str, memory_efficient: bool):
   return config
 
 
-def _batch(config, batch: int, seq: int, seed: int = 0):
+def _host_batch(config, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random tokens ``[B, S]`` with a prompt of ``S / 4`` (numpy, on the host)."""
   rng = np.random.default_rng(seed)
   tokens = rng.integers(3, config.model.vocab_size, size=(batch, seq), dtype=np.int32)
   labels = tokens.copy()
   labels[:, : seq // 4] = IGNORE_INDEX  # a prompt
-  return {"tokens": jnp.asarray(tokens), "labels": jnp.asarray(labels),
-          "attention_mask": jnp.ones((batch, seq), jnp.int32),
-          "is_correct": jnp.ones((batch,), jnp.float32)}
+  return {"tokens": tokens, "labels": labels, "attention_mask": np.ones((batch, seq), np.int32),
+          "is_correct": np.ones((batch,), np.float32)}
+
+
+def _batch(config, batch: int, seq: int, seed: int = 0):
+  return jax.tree_util.tree_map(jnp.asarray, _host_batch(config, batch, seq, seed))
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -99,7 +111,47 @@ def _parts(context, state, frozen, batch, repeats: int) -> dict[str, float]:
   }
 
 
-def measure(model: str, batch_size: int, seq: int, repeats: int,
+def _loop_steps(step_fn, holder, frozen, host_batch, steps: int, fetch_previous: bool):
+  """``(host-blocked seconds, wall seconds)`` per step of ``steps`` steps run as the train loop
+  runs them: make the batch on the host, dispatch the step, fetch the metrics of the step just
+  dispatched, or (``fetch_previous``) of the previous one (the last step's at the end).
+  ``holder["state"]`` is the state, donated to and replaced by each step."""
+  blocked = 0.0
+  pending = None
+  t0 = time.perf_counter()
+  for i in range(steps):
+    batch = jax.device_put(host_batch(i))
+    holder["state"], metrics = step_fn(holder["state"], frozen, batch)
+    fetched, pending = (pending, metrics) if fetch_previous else (metrics, None)
+    for waited in (fetched, pending if i == steps - 1 else None):
+      if waited is not None:
+        tb = time.perf_counter()
+        jax.device_get(waited)
+        blocked += time.perf_counter() - tb
+  return blocked / steps, (time.perf_counter() - t0) / steps
+
+
+def _overlap(step_fn, holder, frozen, config, objective, batch_size: int, seq: int, steps: int,
+             rounds: int, peak: float) -> dict:
+  """``{"before", "after": {"host_blocked_s", "step_s", "mfu"}, "after_over_before"}``: medians
+  over ``rounds`` rounds, each running ``steps`` steps one way then the other (``_loop_steps``;
+  alternating, so that a change of the machine's load affects both)."""
+  host_batch = lambda i: _host_batch(config, batch_size, seq, seed=i)
+  runs = {"before": [], "after": []}
+  for _ in range(rounds):
+    for name, fetch_previous in (("before", False), ("after", True)):
+      runs[name].append(_loop_steps(step_fn, holder, frozen, host_batch, steps, fetch_previous))
+  result = {}
+  for name, values in runs.items():
+    blocked, step_s = (float(np.median(v)) for v in zip(*values))
+    result[name] = {"host_blocked_s": blocked, "step_s": step_s,
+                    "mfu": flops.mfu(objective, batch_size, seq, step_s, peak)}
+  result["after_over_before"] = {k: result["after"][k] / result["before"][k]
+                                 for k in result["before"]}
+  return result
+
+
+def measure(model: str, batch_size: int, seq: int, repeats: int, overlap_steps: int,
             memory_efficient: bool = False) -> dict:
   config = _config(model, memory_efficient)
   objective = objectives.build(config)
@@ -118,6 +170,8 @@ def measure(model: str, batch_size: int, seq: int, repeats: int,
       return metrics
 
     step_s = _time(one_step, repeats=repeats)
+    overlap = _overlap(step_fn, holder, frozen, config, objective, batch_size, seq, overlap_steps,
+                       repeats, peak)
     parts = _parts(context, holder["state"], frozen, batch, repeats)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(
       state_lib.full_params(holder["state"].trainable, frozen.base)))
@@ -127,7 +181,8 @@ def measure(model: str, batch_size: int, seq: int, repeats: int,
           "policy_params": int(n_params), "batch": batch_size, "seq_len": seq,
           "dtype": objective.model.cfg.dtype, "measured_peak_flops": peak,
           "step_s": step_s, "tokens_per_s": tokens / step_s, "step_tflop": step_flops / 1e12,
-          "mfu": flops.mfu(objective, batch_size, seq, step_s, peak), **parts, **memory}
+          "mfu": flops.mfu(objective, batch_size, seq, step_s, peak), "overlap": overlap, **parts,
+          **memory}
 
 
 def main(argv: list[str]) -> dict:
@@ -136,11 +191,14 @@ def main(argv: list[str]) -> dict:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--overlap-steps", type=int, default=5,
+                      help="steps per round and way (before / after) of the host/device overlap")
   parser.add_argument("--losses", default="plain,memory_efficient",
                       help="CE paths to measure: plain logits [B,S,n,V] and/or the blockwise CE "
                            "from hidden states (config.loss.memory_efficient)")
   args = parser.parse_args(argv)
-  results = [measure(m, args.batch, args.seq, args.repeats, loss == "memory_efficient")
+  results = [measure(m, args.batch, args.seq, args.repeats, args.overlap_steps,
+                     loss == "memory_efficient")
              for m in args.models.split(",") for loss in args.losses.split(",")]
   return {"device": jax.devices()[0].device_kind, "n_devices": jax.device_count(),
           "mfu_target_small": 0.4, "results": results}
