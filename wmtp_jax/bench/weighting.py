@@ -162,6 +162,24 @@ def _alternatives(device_x, repeats: int) -> dict:
   return {"reverse_recurrence_BxS": recurrence, "per_head_quantile_BxSxn": quantile}
 
 
+def jitted_throughput(batch: int, seq: int, n_future: int, repeats: int,
+                      copy_bytes_per_s: float) -> dict[str, dict]:
+  """Per function (``gae_advantages``, ``td_errors``, ``exp_weights``, ``rho1_weights``) on random
+  inputs ``[B, S]`` / ``[B, S, n]`` on the device: the jitted call's median seconds, tokens/s,
+  the input + output bytes it moves, and those per second as a fraction of ``copy_bytes_per_s``
+  (a memory copy's)."""
+  device_x = {k: jnp.asarray(v) for k, v in _make_inputs(batch, seq, n_future).items()}
+  results = {}
+  for name, (jitted, _, inputs) in _cases().items():
+    out = jitted(device_x)
+    jit_s = _time_jitted(lambda: jitted(device_x), repeats)
+    moved = sum(device_x[k].nbytes for k in inputs) + out.nbytes
+    results[name] = {"jit_median_s": jit_s, "jit_tokens_per_s": batch * seq / jit_s,
+                     "input_plus_output_bytes": moved, "bytes_per_s": moved / jit_s,
+                     "fraction_of_copy_bandwidth": moved / jit_s / copy_bytes_per_s}
+  return results
+
+
 def main(argv: list[str]) -> dict:
   parser = argparse.ArgumentParser(prog="python -m wmtp_jax.bench weighting")
   parser.add_argument("--batch", type=int, default=8)
@@ -178,12 +196,9 @@ def main(argv: list[str]) -> dict:
   loop_rows = min(args.loop_rows, args.batch)
   loop_x = {k: v[:loop_rows] for k, v in host_x.items()}
   copy_bytes_per_s = _copy_bytes_per_s(args.copy_mb, args.repeats)
-  tokens = args.batch * args.seq
-
-  results = {}
-  for name, (jitted, loop, inputs) in _cases().items():
+  results = jitted_throughput(args.batch, args.seq, args.n_future, args.repeats, copy_bytes_per_s)
+  for name, (jitted, loop, _) in _cases().items():
     out = jitted(device_x)
-    jit_s = _time_jitted(lambda: jitted(device_x), args.repeats)
     start = time.perf_counter()
     loop_out = loop(loop_x)
     loop_s = time.perf_counter() - start
@@ -191,19 +206,12 @@ def main(argv: list[str]) -> dict:
     # The loop's batch statistics (exp_weights, rho1) cover only its rows: compare on the
     # row-local functions only.
     row_local = name in ("gae_advantages", "td_errors")
-    moved = sum(host_x[k].nbytes for k in inputs) + out.nbytes
-    results[name] = {
-        "jit_median_s": jit_s,
-        "jit_tokens_per_s": tokens / jit_s,
+    results[name].update({
         "loop_tokens_per_s": loop_tokens_per_s,
         "loop_timed_on_rows": f"{loop_rows} of {args.batch} (tokens/s is per token)",
-        "speedup_vs_loop": tokens / jit_s / loop_tokens_per_s,
+        "speedup_vs_loop": results[name]["jit_tokens_per_s"] / loop_tokens_per_s,
         "max_abs_diff_vs_loop": (float(np.max(np.abs(np.asarray(out[:loop_rows]) - loop_out)))
-                                 if row_local else "n/a (batch statistics)"),
-        "input_plus_output_bytes": moved,
-        "bytes_per_s": moved / jit_s,
-        "fraction_of_copy_bandwidth": moved / jit_s / copy_bytes_per_s,
-    }
+                                 if row_local else "n/a (batch statistics)")})
   return {
       "backend": jax.default_backend(),
       "shape": {"batch": args.batch, "seq": args.seq, "n_future": args.n_future},
