@@ -12,6 +12,12 @@ Each step reports wall seconds (process start and imports included), the peak RS
 subprocess (its own ``VmHWM``), the bytes on disk of its source and destination, and the peak RSS
 above the import baseline (``python -m wmtp_jax.convert --help``: the imports alone) as a
 fraction of the source size. Linux only (``/proc/self/status``).
+
+The two steps that write a converted directory also report the cost of its SHA-256 manifest
+(``checkpoints.integrity``, part of every save and verified before every restore), timed again
+in-process on the written ``params/``: ``checksum_write_s`` as a ratio to the rest of the save
+(``seconds − checksum_write_s``), and ``checksum_verify_s`` as a ratio to the ``orbax->hf`` step,
+which restores that directory (and writes the export).
 """
 
 import argparse
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 
 from wmtp_jax import convert
-from wmtp_jax.checkpoints import export, layouts
+from wmtp_jax.checkpoints import export, integrity, layouts
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
 from wmtp_jax.models.mtp import MTPConfig
 
@@ -53,6 +59,18 @@ finally:
   with open(out, "w") as f:
     f.write(peak_kb)
 """
+
+
+def _checksum_costs(params_dir: Path, save_seconds: float) -> dict:
+  """Seconds to write and to verify the manifest of ``params_dir`` (each timed once)."""
+  start = time.perf_counter()
+  integrity.write_manifest(params_dir)
+  write = time.perf_counter() - start
+  start = time.perf_counter()
+  integrity.verify(params_dir)
+  verify = time.perf_counter() - start
+  return {"checksum_write_s": round(write, 2), "checksum_verify_s": round(verify, 2),
+          "checksum_write_over_rest_of_save": round(write / max(save_seconds - write, 1e-9), 4)}
 
 
 def _run(module: str, args: list[str], workdir: Path) -> tuple[float, int]:
@@ -120,6 +138,12 @@ def main(argv: list[str]) -> dict:
           "dst_mb": round(dst_bytes / 2**20),
           "peak_rss_over_src": round(peak / src_bytes, 3),
           "peak_rss_above_baseline_over_src": round((peak - baseline) / src_bytes, 3)})
+      if dst.startswith("orbax"):
+        results[-1].update(_checksum_costs(workdir / dst / "params", seconds))
+    export_seconds = next(r["seconds"] for r in results if r["direction"] == "orbax->hf")
+    for r in results:
+      if "checksum_verify_s" in r:
+        r["checksum_verify_over_restore_step"] = round(r["checksum_verify_s"] / export_seconds, 4)
   finally:
     if not args.keep:
       shutil.rmtree(workdir, ignore_errors=True)
