@@ -6,10 +6,11 @@
 The model is a converted checkpoint / finished run (``--checkpoint``, with its tokenizer) or, by
 default, the tiny MTP preset (4 trunk blocks + 4 head blocks, width 128; ``--n-layers`` /
 ``--dim`` change its shape) trained here for ``--train-steps`` on the embedded synthetic task
-(the ``baseline`` pipeline through ``training.loop.run``: uniform-weight MTP cross-entropy on the correct
-solutions; 3–4 minutes on 2 CPU cores), so that the heads have something to agree on. Prompts are the Alpaca prompts of the synthetic test
-problems. For every batch size: plain greedy decoding with head 0, then self-speculative decoding
-with each number of draft heads; each after a warm-up call (compilation excluded), timed over
+(the ``baseline`` pipeline through ``training.loop.run``: uniform-weight MTP cross-entropy on
+the correct solutions; 3–4 minutes on 2 CPU cores), so that the heads have something to agree
+on. Prompts are the Alpaca prompts of the synthetic test problems. For every batch size
+(``generation_speed``): plain greedy decoding with head 0, then self-speculative decoding with
+each number of draft heads; each after a warm-up call (compilation excluded), timed over
 ``--repeats`` calls (median). Reported: tokens/s, mean accepted length (tokens per model call and
 row), speed-up over plain, the ratio of model calls (plain / speculative) and whether the outputs
 are token-for-token identical; with ``--pass-costs`` the cost split of one pass (``pass_costs``).
@@ -39,6 +40,7 @@ draft heads) and 3.42 (3).
 """
 
 import argparse
+import functools
 import logging
 import statistics
 import tempfile
@@ -47,12 +49,13 @@ import time
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax.decoding import generator as gen
-from wmtp_jax.decoding.adapter import ModelAdapter
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.config import common as config_lib
+from wmtp_jax.data import jsonl, run_data
+from wmtp_jax.decoding import generator as gen
+from wmtp_jax.decoding.adapter import ModelAdapter
+from wmtp_jax.eval import benchmarks, runner
 from wmtp_jax.training import loop
-from wmtp_jax.data import run_data
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,12 @@ def train_tiny(steps: int, **shape: int):
     final = loop.run(config, workdir)
     model, params, tok = _load(workdir)
   return model, params, tok, run_data.dataset_dir(config.data), final["loss"]
+
+
+def synthetic_prompts(directory, tok, n: int) -> list[list[int]]:
+  """Token ids of the Alpaca prompts of the first ``n`` test problems of ``directory``."""
+  problems = jsonl.read_problems(directory / "test.problems.jsonl")[:n]
+  return [runner.encode_prompt(tok, benchmarks.make_prompt(p, "alpaca")) for p in problems]
 
 
 def _load(checkpoint: str):
@@ -90,10 +99,64 @@ def _timed(generator, params, prompts, repeats: int, **kwargs):
   return seconds, runs[0][1]
 
 
-def pass_costs(model, params, draft_heads: int, batch_size: int, *, cache_len: int = 256,
-               passes: int = 32, repeats: int = 5) -> dict[str, float]:
-  """Microseconds per KV-cache forward pass of ``batch_size`` rows, ``passes`` of them inside one
-  jitted ``fori_loop`` (no dispatch; best of ``repeats``), ``k = draft_heads``:
+def generation_speed(model, params, prompts, *, batch_size: int, draft_heads, repeats: int,
+                     **kwargs) -> dict:
+  """Plain greedy decoding with head 0, then self-speculative decoding with each number of
+  ``draft_heads``, of ``prompts`` in batches of ``batch_size`` (``kwargs``: ``max_new_tokens``,
+  ``eos_id``, ``pad_id`` of ``Generator.generate``); each after a warm-up call, the median of
+  ``repeats`` calls. ``{"batch_size", "plain_tokens_per_s", "generated_tokens", "speculative":
+  [{"draft_heads", "tokens_per_s", "mean_accepted_length", "speedup", "model_calls_ratio",
+  "identical_to_plain"}]}``."""
+  kwargs.update(batch_size=batch_size)
+  seconds, plain = _timed(gen.Generator(model), params, prompts, repeats, **kwargs)
+  row = {"batch_size": batch_size, "plain_tokens_per_s": plain.stats["tokens"] / seconds,
+         "generated_tokens": plain.stats["tokens"], "speculative": []}
+  for k in draft_heads:
+    spec_seconds, spec = _timed(gen.Generator(model, draft_heads=k), params, prompts, repeats,
+                                **kwargs)
+    row["speculative"].append({
+        "draft_heads": k, "tokens_per_s": spec.stats["tokens"] / spec_seconds,
+        "mean_accepted_length": spec.stats["mean_accepted_length"],
+        "speedup": seconds / spec_seconds,
+        # Fewer model calls is what speeds up a large, memory-bound model on an accelerator.
+        "model_calls_ratio": plain.stats["decode_steps"] / max(1, spec.stats["decode_steps"]),
+        "identical_to_plain": spec.tokens == plain.tokens})
+  return row
+
+
+def pass_us(model, params, batch_size: int, *, tokens: int, heads: int, unembed: str,
+            cache_len: int = 256, passes: int = 32, repeats: int = 5) -> float:
+  """Microseconds per KV-cache forward pass of ``batch_size`` rows on ``tokens`` new tokens
+  through the trunk and the first ``heads`` heads, ``passes`` of them inside one jitted
+  ``fori_loop`` (no dispatch; best of ``repeats``). ``unembed``: ``"logits"`` (every head at
+  every position), ``"hidden"`` (none: hidden states only) or ``"speculative"`` (as a speculative
+  pass: head 0 at every position, the draft heads at one)."""
+  adapter = ModelAdapter(model)
+
+  def body(i, carry):
+    cache, acc = carry
+    tokens_BxT = (jnp.arange(batch_size * tokens).reshape(batch_size, tokens) + i) % 97
+    slot_B = jnp.full((batch_size,), 32, jnp.int32) + i % (cache_len - 32 - tokens)
+    out, cache = adapter.forward(params, cache, tokens_BxT.astype(jnp.int32), slot_B,
+                                 heads=heads, return_hidden=unembed != "logits")
+    if unembed == "speculative":
+      out = (jnp.argmax(adapter.unembed(params, out[:, :, 0]), -1).sum()
+             + jnp.argmax(adapter.unembed(params, out[:, 0, 1:]), -1).sum())
+    return cache, acc + jnp.sum(out).astype(jnp.float32)
+
+  run = jax.jit(lambda p, c: jax.lax.fori_loop(0, passes, body, (c, jnp.float32(0)))[1])
+  cache = adapter.init_cache(batch_size, cache_len, heads=heads)
+  run(params, cache).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run(params, cache).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 1e6 * best / passes
+
+
+def pass_costs(model, params, draft_heads: int, batch_size: int, **kwargs) -> dict[str, float]:
+  """``pass_us`` of the parts of a decode pass, ``k = draft_heads`` (``kwargs``: its keywords):
 
   * ``plain``: a plain decode step (1 token, trunk + head 0, logits);
   * ``trunk_head0_1tok`` / ``trunk_head0_{k+1}tok``: trunk + head 0 on 1 / ``k + 1`` tokens,
@@ -102,34 +165,13 @@ def pass_costs(model, params, draft_heads: int, batch_size: int, *, cache_len: i
   * ``speculative``: that plus the unembedding of a speculative pass (head 0 at every position,
     the draft heads at one).
   """
-  adapter = ModelAdapter(model)
   t = draft_heads + 1
-
-  def looped(tokens: int, heads: int, unembed: str):
-    def body(i, carry):
-      cache, acc = carry
-      tokens_BxT = (jnp.arange(batch_size * tokens).reshape(batch_size, tokens) + i) % 97
-      slot_B = jnp.full((batch_size,), 32, jnp.int32) + i % (cache_len - 32 - tokens)
-      out, cache = adapter.forward(params, cache, tokens_BxT.astype(jnp.int32), slot_B,
-                                   heads=heads, return_hidden=unembed != "logits")
-      if unembed == "speculative":
-        out = (jnp.argmax(adapter.unembed(params, out[:, :, 0]), -1).sum()
-               + jnp.argmax(adapter.unembed(params, out[:, 0, 1:]), -1).sum())
-      return cache, acc + jnp.sum(out).astype(jnp.float32)
-
-    run = jax.jit(lambda p, c: jax.lax.fori_loop(0, passes, body, (c, jnp.float32(0)))[1])
-    cache = adapter.init_cache(batch_size, cache_len, heads=heads)
-    run(params, cache).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-      start = time.perf_counter()
-      run(params, cache).block_until_ready()
-      best = min(best, time.perf_counter() - start)
-    return 1e6 * best / passes
-
-  return {"plain": looped(1, 1, "logits"), "trunk_head0_1tok": looped(1, 1, "hidden"),
-          f"trunk_head0_{t}tok": looped(t, 1, "hidden"), f"blocks_{t}tok": looped(t, t, "hidden"),
-          "speculative": looped(t, t, "speculative")}
+  measure = functools.partial(pass_us, model, params, batch_size, **kwargs)
+  return {"plain": measure(tokens=1, heads=1, unembed="logits"),
+          "trunk_head0_1tok": measure(tokens=1, heads=1, unembed="hidden"),
+          f"trunk_head0_{t}tok": measure(tokens=t, heads=1, unembed="hidden"),
+          f"blocks_{t}tok": measure(tokens=t, heads=t, unembed="hidden"),
+          "speculative": measure(tokens=t, heads=t, unembed="speculative")}
 
 
 def main(argv: list[str]) -> dict:
@@ -148,8 +190,6 @@ def main(argv: list[str]) -> dict:
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
-  from wmtp_jax.data import jsonl  # pylint: disable=import-outside-toplevel
-  from wmtp_jax.eval import benchmarks, runner  # pylint: disable=import-outside-toplevel
 
   report: dict = {"device": jax.devices()[0].device_kind, "n_devices": jax.device_count()}
   if args.checkpoint:
@@ -163,28 +203,15 @@ def main(argv: list[str]) -> dict:
     report.update(model="tiny MTP preset trained on the synthetic task", model_overrides=shape,
                   train_steps=args.train_steps, train_loss=loss,
                   train_s=time.perf_counter() - started)
-  problems = jsonl.read_problems(directory / "test.problems.jsonl")[:args.n_prompts]
-  prompts = [runner.encode_prompt(tok, benchmarks.make_prompt(p, "alpaca")) for p in problems]
+  prompts = synthetic_prompts(directory, tok, args.n_prompts)
   report.update(n_prompts=len(prompts), max_new_tokens=args.max_new_tokens,
                 n_heads=getattr(model.cfg, "n_future_tokens", 1),
                 n_trunk_layers=getattr(model.cfg, "n_trunk_layers", None), results=[])
   drafting = [k for k in map(int, args.draft_heads.split(",")) if k < report["n_heads"]]
   for batch_size in map(int, args.batch_sizes.split(",")):
-    kwargs = dict(max_new_tokens=args.max_new_tokens, eos_id=tok.eos_token_id,
-                  batch_size=batch_size, pad_id=tok.pad_token_id or 0)
-    seconds, plain = _timed(gen.Generator(model), params, prompts, args.repeats, **kwargs)
-    row = {"batch_size": batch_size, "plain_tokens_per_s": plain.stats["tokens"] / seconds,
-           "generated_tokens": plain.stats["tokens"], "speculative": []}
-    for k in drafting:
-      spec_seconds, spec = _timed(gen.Generator(model, draft_heads=k), params, prompts,
-                                  args.repeats, **kwargs)
-      row["speculative"].append({
-          "draft_heads": k, "tokens_per_s": spec.stats["tokens"] / spec_seconds,
-          "mean_accepted_length": spec.stats["mean_accepted_length"],
-          "speedup": seconds / spec_seconds,
-          # Fewer model calls is what speeds up a large, memory-bound model on an accelerator.
-          "model_calls_ratio": plain.stats["decode_steps"] / max(1, spec.stats["decode_steps"]),
-          "identical_to_plain": spec.tokens == plain.tokens})
+    row = generation_speed(model, params, prompts, batch_size=batch_size, draft_heads=drafting,
+                           repeats=args.repeats, max_new_tokens=args.max_new_tokens,
+                           eos_id=tok.eos_token_id, pad_id=tok.pad_token_id or 0)
     if args.pass_costs and drafting:
       costs = pass_costs(model, params, max(drafting), batch_size)
       # With every draft accepted a pass yields k + 1 tokens: the speed-up can not exceed this.
