@@ -28,7 +28,6 @@ import numpy as np
 import optax
 
 from wmtp_jax import IGNORE_INDEX, losses, objectives, weighting
-from wmtp_jax.config import common as config_lib
 from wmtp_jax.training import flops, mesh as mesh_lib, state as state_lib, step as step_lib
 from wmtp_jax.models import presets
 from wmtp_jax.objectives import base
@@ -40,6 +39,7 @@ SMALL_CRITIC = dict(vocab_size=32000, hidden_size=256, intermediate_size=704, nu
 
 
 def _config(model: str, memory_efficient: bool):
+  from wmtp_jax.config import common as config_lib  # pylint: disable=import-outside-toplevel
   config = config_lib.load("verifiable", "tiny")
   config.loss.memory_efficient = memory_efficient
   if model == "small":
@@ -48,8 +48,9 @@ def _config(model: str, memory_efficient: bool):
   return config
 
 
-def _host_batch(config, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Random tokens ``[B, S]`` with a prompt of ``S / 4`` (numpy, on the host)."""
+def host_batch(config, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random tokens ``[B, S]`` below ``config.model.vocab_size`` with a prompt of ``S / 4`` (numpy,
+  on the host)."""
   rng = np.random.default_rng(seed)
   tokens = rng.integers(3, config.model.vocab_size, size=(batch, seq), dtype=np.int32)
   labels = tokens.copy()
@@ -59,7 +60,7 @@ def _host_batch(config, batch: int, seq: int, seed: int = 0) -> dict[str, np.nda
 
 
 def _batch(config, batch: int, seq: int, seed: int = 0):
-  return jax.tree_util.tree_map(jnp.asarray, _host_batch(config, batch, seq, seed))
+  return jax.tree_util.tree_map(jnp.asarray, host_batch(config, batch, seq, seed))
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -70,6 +71,19 @@ def _time(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
   return float(np.median(times))
+
+
+def step_seconds(step_fn, state, frozen, batch, repeats: int):
+  """``(median seconds, last state)`` of ``repeats`` train steps ``step_fn(state, frozen, batch)``
+  after a warm-up step, each waited for (the step donates the state it is given). Call under the
+  run's mesh and rules."""
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], metrics = step_fn(holder["state"], frozen, batch)
+    return metrics
+
+  return _time(one_step, repeats=repeats), holder["state"]
 
 
 def _parts(context, state, frozen, batch, repeats: int) -> dict[str, float]:
@@ -136,11 +150,12 @@ def _overlap(step_fn, holder, frozen, config, objective, batch_size: int, seq: i
   """``{"before", "after": {"host_blocked_s", "step_s", "mfu"}, "after_over_before"}``: medians
   over ``rounds`` rounds, each running ``steps`` steps one way then the other (``_loop_steps``;
   alternating, so that a change of the machine's load affects both)."""
-  host_batch = lambda i: _host_batch(config, batch_size, seq, seed=i)
+  host_batch_i = lambda i: host_batch(config, batch_size, seq, seed=i)
   runs = {"before": [], "after": []}
   for _ in range(rounds):
     for name, fetch_previous in (("before", False), ("after", True)):
-      runs[name].append(_loop_steps(step_fn, holder, frozen, host_batch, steps, fetch_previous))
+      runs[name].append(_loop_steps(step_fn, holder, frozen, host_batch_i, steps,
+                                    fetch_previous))
   result = {}
   for name, values in runs.items():
     blocked, step_s = (float(np.median(v)) for v in zip(*values))
@@ -163,13 +178,8 @@ def measure(model: str, batch_size: int, seq: int, repeats: int, overlap_steps: 
   batch = _batch(config, batch_size, seq)
   step_fn, _, memory = step_lib.compile_steps(context, config, state, frozen, batch)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    step_s, state = step_seconds(step_fn, state, frozen, batch, repeats)
     holder = {"state": state}
-
-    def one_step():
-      holder["state"], metrics = step_fn(holder["state"], frozen, batch)
-      return metrics
-
-    step_s = _time(one_step, repeats=repeats)
     overlap = _overlap(step_fn, holder, frozen, config, objective, batch_size, seq, overlap_steps,
                        repeats, peak)
     parts = _parts(context, holder["state"], frozen, batch, repeats)
