@@ -6,7 +6,8 @@ training costs 3× the forward of the trained model (forward + backward) plus th
 models (critic / reference). For the MTP model every trunk and head block runs once per token and
 the shared unembedding ``D·V`` runs once per head. The peak, unless configured, is measured with
 a matmul in the trained model's compute dtype (its ``cfg.dtype``, ``config.model.dtype`` where set:
-bf16 runs at several times the fp32 rate on accelerators).
+bf16 runs at several times the fp32 rate on accelerators). ``known_peak_flops`` looks up the data
+sheet's dense bf16 peak of a device kind (``BF16_PEAK_FLOPS``).
 """
 
 import time
@@ -17,6 +18,17 @@ import jax.numpy as jnp
 from wmtp_jax.models.layers import BlockConfig
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.models.mtp import MTPConfig
+
+# Dense (no sparsity) bf16 peak FLOP/s of one device, from the vendors' data sheets, by a
+# lower-case part of ``jax.Device.device_kind``; the first pattern the kind contains wins, so
+# the variants come before their family (H100 PCIe / NVL before H100 SXM, TPU v5 lite before v5p).
+BF16_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("h100 pcie", 756e12), ("h100 nvl", 835e12), ("h100", 989e12), ("h200", 989e12),
+    ("h800", 989e12), ("b200", 2250e12), ("a100", 312e12), ("a800", 312e12), ("l40s", 362e12),
+    ("l4", 121e12),
+    ("tpu v4", 275e12), ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v5", 459e12),
+    ("tpu v6 lite", 918e12), ("tpu v6e", 918e12),
+)
 
 
 def _block_matmul_params(b: BlockConfig) -> int:
@@ -62,6 +74,13 @@ def measure_peak_flops(dtype, n: int = 2048, repeats: int = 5) -> float:
     matmul(x).block_until_ready()
     best = min(best, time.perf_counter() - t0)
   return 2.0 * n**3 / best
+
+
+def known_peak_flops(device_kind: str) -> float | None:
+  """The dense bf16 peak FLOP/s of one device of ``device_kind`` (``BF16_PEAK_FLOPS``; e.g.
+  ``"NVIDIA H100 80GB HBM3"`` → 989e12, ``"TPU v5 lite"`` → 197e12), None for a kind not in it."""
+  kind = device_kind.lower()
+  return next((peak for pattern, peak in BF16_PEAK_FLOPS if pattern in kind), None)
 
 
 def peak_flops(configured: float, dtype) -> float:
