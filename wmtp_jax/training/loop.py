@@ -164,7 +164,8 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
         if pending is not None:  # the previous step's metrics, fetched while this one runs
           last = log_step(pending)
         pending = _Pending(step, metrics, *_tokens_shape(batch))
-        force = step == total_steps or preemption.requested
+        stop = preemption.requested  # read once: the checkpoint and the stop agree
+        force = step == total_steps or stop
         val = None
         if config.train.eval_every and (step % config.train.eval_every == 0 or step == total_steps):
           pending.check_finite(config)
@@ -185,7 +186,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
                                         force=force)
           if saved:
             logger.write(step, {"time/checkpoint_s": seconds})
-        if preemption.requested:
+        if stop:
           log.warning("SIGTERM: checkpoint at step %d %s; stopping", step,
                       "written" if saved else "not written")
           break
