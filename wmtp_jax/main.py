@@ -1,4 +1,5 @@
-"""``python -m wmtp_jax.main --config=configs/<pipeline>.py[:variant] [--config.a.b=v …] [--workdir=DIR]``
+"""``python -m wmtp_jax.main --config=configs/<pipeline>.py[:variant] [--config.a.b=v …]
+[--workdir=DIR]``
 
 Runs one pipeline. Frozen models a pipeline needs (the ``verifiable`` critic, the ``rho1``
 reference) are trained first into ``WORKDIR/<name>`` when their ``checkpoint`` is empty; policy
@@ -26,7 +27,8 @@ from wmtp_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: runs/<pipeline>-<variant>)")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "run directory (default: runs/<pipeline>-<variant>)")
 _DISTRIBUTED = flags.DEFINE_boolean("distributed", False,
                                     "multi-process JAX, set up from the environment (SLURM, TPU)")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (multi-process)")

@@ -82,8 +82,9 @@ def build(config, objective, workdir: pathlib.Path) -> RunData:
   tokenizer_lib.check_vocab(tok, vocab, where="config.model.vocab_size")
   method = d.sampler or DEFAULT_SAMPLER[objective.samples]
   if (method == "pairs") != (objective.batch_kind == "pairs"):
+    needs = "pairs" if objective.batch_kind == "pairs" else "single records"
     raise ValueError(f"config.data.sampler={method!r} does not fit pipeline {objective.name!r} "
-                     f"(it needs {'pairs' if objective.batch_kind == 'pairs' else 'single records'})")
+                     f"(it needs {needs})")
   if d.batch_size % jax.process_count():
     raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by the "
                      f"{jax.process_count()} processes")

@@ -127,7 +127,8 @@ def applied(lora, cfg: LoRAConfig, *, rng: jax.Array | None = None):
     n_in = N_INPUT_DIMS.get(path[-1], 1)
     x_flat = x.reshape(*x.shape[:x.ndim - n_in], -1)
     if rng is not None and cfg.dropout > 0:
-      keep = jax.random.bernoulli(jax.random.fold_in(rng, index[path]), 1 - cfg.dropout, x_flat.shape)
+      keep = jax.random.bernoulli(jax.random.fold_in(rng, index[path]), 1 - cfg.dropout,
+                                  x_flat.shape)
       x_flat = jnp.where(keep, x_flat / (1 - cfg.dropout), 0).astype(x_flat.dtype)
     delta = (x_flat @ adapter["a"].astype(x.dtype)) @ adapter["b"].astype(x.dtype)
     return out + (cfg.scale * delta).reshape(out.shape).astype(out.dtype)

@@ -2,8 +2,8 @@
 
 Models name their axes (``batch``, ``length``, ``embed``, ``heads``, ``kv_heads``, ``head_dim``,
 ``mlp``, ``vocab``, ``future``, ``layers``); the config says how each maps onto the mesh axes
-``data``, ``fsdp``, ``tensor``. Flax applies the rules by priority: if a mesh axis is already used by
-an earlier dimension of the same array, the next rule (or no sharding) applies, so the activation
+``data``, ``fsdp``, ``tensor``. Flax applies the rules by priority: if a mesh axis is already used
+by an earlier dimension of the same array, the next rule (or no sharding) applies, so the activation
 ``[batch, length, embed]`` keeps ``embed`` unsharded when ``batch`` already took ``fsdp``.
 
 Config (``config.mesh``)::
@@ -73,7 +73,8 @@ def resolve_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, int]:
     raise ValueError(f"config.mesh.shape: sizes must be positive or -1, got {sizes}")
   if fill:
     if n_devices % known:
-      raise ValueError(f"config.mesh.shape {sizes}: {n_devices} devices are not divisible by {known}")
+      raise ValueError(f"config.mesh.shape {sizes}: {n_devices} devices are not divisible by "
+                       f"{known}")
     sizes[fill[0]] = n_devices // known
   if int(np.prod(list(sizes.values()))) != n_devices:
     raise ValueError(f"config.mesh.shape {sizes} needs {int(np.prod(list(sizes.values())))} "
@@ -81,7 +82,8 @@ def resolve_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, int]:
   return sizes
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+def make_mesh(shape: Mapping[str, int],
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """A ``Mesh`` over ``devices`` (default: all devices of all processes) with ``MESH_AXES``."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = resolve_shape(shape, len(devices))
