@@ -1,8 +1,11 @@
 """Tests of wmtp_jax.data.schema: solution-record and problem validation."""
 
+import re
+
 import pytest
 
 from record_samples import make_record
+from wmtp_jax.data import jsonl
 from wmtp_jax.data.schema import DataError, validate_problem, validate_record
 
 
@@ -18,6 +21,8 @@ def test_validate_record_accepts_schema_and_extra_keys():
     (make_record(difficulty="3"), "'difficulty' must be int"),
     (make_record(output=3), "'output' must be str"),
     (make_record(output=" \n "), "empty response"),
+    (make_record(critical="[[0, 1]]"), "'critical' must be list"),
+    (make_record(mutated=None), "'mutated' must be list"),
     (["not", "an", "object"], "expected a JSON object"),
 ])
 def test_validate_record_rejects(record, message):
@@ -38,3 +43,39 @@ def test_validate_problem():
     validate_problem({**problem, "tests": [{"input": 1, "output": "2"}]})
   with pytest.raises(DataError, match="'time_limit_s' must be int or float"):
     validate_problem({**problem, "time_limit_s": "2s"})
+
+
+def test_validate_record_accepts_spans():
+  output = "def f(x):\n    return x + 2\n"
+  validate_record(make_record(output=output, critical=[[23, 24], [25, 26]], mutated=[]))
+  validate_record(make_record(output=output, critical=[[0, len(output)]], mutated=[[25, 26]]))
+
+
+@pytest.mark.parametrize("spans, message", [
+    ([[5, 2]], "span 0 [5, 2] is reversed"),
+    ([[3, 3]], "span 0 [3, 3] is empty"),
+    ([[0, 2], [20, 99]], "span 1 [20, 99] lies outside the output (27 characters)"),
+    ([[-1, 2]], "span 0 [-1, 2] lies outside the output"),
+    ([[4, 8], [6, 9]], "span 1 [6, 9] overlaps or precedes the span before it"),
+    ([[6, 9], [0, 2]], "span 1 [0, 2] overlaps or precedes the span before it"),
+    ([[1, 2, 3]], "span 0 must be [start, end]"),
+    ([[1, 2.0]], "span 0 must be [start, end]"),
+    ([[True, 2]], "span 0 must be [start, end]"),
+    ([3], "span 0 must be [start, end]"),
+])
+@pytest.mark.parametrize("field", ["critical", "mutated"])
+def test_validate_record_rejects_bad_spans(field, spans, message):
+  record = make_record(pid="synthetic/train/00007", output="def f(x):\n    return x + 2\n",
+                       **{field: spans})
+  with pytest.raises(DataError, match=re.escape(
+      f"record 'synthetic/train/00007': field {field!r}: {message}")):
+    validate_record(record)
+
+
+def test_bad_spans_are_located_in_the_file(tmp_path):
+  path = tmp_path / "train.jsonl"
+  good = make_record(output="x = 1\n", critical=[[4, 5]])
+  path.write_text(jsonl.jsonl_line(good) + jsonl.jsonl_line({**good, "critical": [[4, 9]]}))
+  with pytest.raises(DataError, match=re.escape(
+      f"{path}:2: record 'p1': field 'critical': span 0 [4, 9] lies outside the output")):
+    list(jsonl.read_jsonl(path))

@@ -28,5 +28,5 @@ def test_labels_come_from_running():
           "def f(x):\n    return x * 3\n",
           "def f(x):\n    raise SystemExit(0)\n",  # exits cleanly before the tests finish
           "import os\nos.abort()\n",  # kills its batch: every candidate is re-run alone
-      ))
+      ), critical=((),) * 5, mutated=((),) * 4)
   assert synthetic.label_candidates([problem]) == [(True, True, False, False, False)]

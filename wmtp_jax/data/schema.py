@@ -3,9 +3,15 @@
 Solution record (one JSON object per line of ``{split}.jsonl``, DESIGN §5)::
 
   {"instruction": str, "input": str, "output": str (non-empty), "problem_id": str,
-   "is_correct": bool, "difficulty"?: int, "source"?: str}
+   "is_correct": bool, "difficulty"?: int, "source"?: str,
+   "critical"?: [[start, end], ...], "mutated"?: [[start, end], ...]}
 
-Extra keys are allowed and kept. Evaluation problem (one per line of ``{split}.problems.jsonl``)::
+``critical`` and ``mutated`` (``SPAN_FIELDS``) are ground-truth character spans of ``output``
+(synthetic data only; defined in ``wmtp_jax.data.synthetic``): each span ``[start, end)`` holds
+character (code point) offsets with ``0 <= start < end <= len(output)``; the spans are sorted and
+do not overlap (an empty list is valid). Extra keys are allowed and kept.
+
+Evaluation problem (one per line of ``{split}.problems.jsonl``)::
 
   {"problem_id": str, "prompt": str, "source": str,
    "entry_point"?: str, "test_code"?: str, "test_setup_code"?: str,
@@ -27,7 +33,9 @@ REQUIRED_FIELDS: Mapping[str, type] = {
     "problem_id": str,
     "is_correct": bool,
 }
-OPTIONAL_FIELDS: Mapping[str, type] = {"difficulty": int, "source": str}
+OPTIONAL_FIELDS: Mapping[str, type] = {"difficulty": int, "source": str, "critical": list,
+                                        "mutated": list}
+SPAN_FIELDS = ("critical", "mutated")
 
 PROBLEM_REQUIRED_FIELDS: Mapping[str, type] = {"problem_id": str, "prompt": str, "source": str}
 PROBLEM_OPTIONAL_FIELDS: Mapping[str, type | tuple[type, ...]] = {
@@ -74,11 +82,37 @@ def check_fields(obj: Any, required: Mapping[str, Any],
       _check_type(obj, key, expected)
 
 
+def _check_spans(record: Mapping[str, Any], key: str) -> None:
+  """Raises :class:`DataError` (naming the record and the field) unless ``record[key]`` is a list
+  of sorted, non-overlapping, non-empty spans ``[start, end]`` inside ``record["output"]``."""
+  where = f"record {record['problem_id']!r}: field {key!r}"
+  previous_end = 0
+  for i, span in enumerate(record[key]):
+    if not (isinstance(span, (list, tuple)) and len(span) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+      raise DataError(f"{where}: span {i} must be [start, end] (two ints), got {span!r:.60}")
+    start, end = span
+    if start > end:
+      raise DataError(f"{where}: span {i} {span} is reversed (start > end)")
+    if start == end:
+      raise DataError(f"{where}: span {i} {span} is empty")
+    if start < 0 or end > len(record["output"]):
+      raise DataError(f"{where}: span {i} {span} lies outside the output "
+                      f"({len(record['output'])} characters)")
+    if start < previous_end:
+      raise DataError(f"{where}: span {i} {span} overlaps or precedes the span before it "
+                      f"(spans must be sorted and disjoint)")
+    previous_end = end
+
+
 def validate_record(record: Any) -> None:
   """Raises :class:`DataError` unless ``record`` is a solution record (module docstring)."""
   check_fields(record, REQUIRED_FIELDS, OPTIONAL_FIELDS)
   if not record["output"].strip():
     raise DataError("empty response: field 'output' is blank")
+  for key in SPAN_FIELDS:
+    if key in record:
+      _check_spans(record, key)
 
 
 def validate_problem(problem: Any) -> None:

@@ -40,6 +40,44 @@ Every candidate is then labelled by running it against the tests in the sandbox
 (``wmtp_jax.sandbox``): a mutant that passes (e.g. two commuting steps swapped) is a correct
 solution; a canonical solution that fails is a generator bug and raises.
 
+Ground truth. Every record carries character spans of its ``output`` (``[[start, end], ...]``:
+sorted, disjoint; ``wmtp_jax.data.schema``), computed while rendering: ``render`` builds the
+code from lexical units (identifiers, keywords, numbers, runs of whitespace and punctuation of
+the surface style, and the critical units that each primitive's template marks in
+``grammar.PRIMS``), and the spans are read off the units.
+
+  ``critical``  the characters that encode the specification: the constants (``3``, the letters
+                of ``"ab"``), operators (``+``, ``//``, ``**`` with its ``2``, unary ``-``, the
+                slices ``[::-1]``, ``[:k]``, ``[k:]``), function and method names (``abs``,
+                ``max``, ``len``, ``sorted``, ``upper``, ``replace``), predicates (the operators
+                and constants of a condition or a filter: ``% 2 == 0``, ``> 3``, ``!=``), the
+                ``x`` of a branch that returns x unchanged, and the delimiters that fix what a
+                step applies to: the parentheses of a function call (``abs(…)``, not of a method
+                call) and of a parenthesised operand (``(x + 7) * 2``), and the brackets of a
+                list comprehension. The rest is the surface style: identifiers (``f``, ``x``,
+                ``result``, ``v``), keywords, whitespace and the other punctuation (the
+                signature's and methods' parentheses, quotes, ``:``, ``,``, ``.``, the ``=`` of
+                an assignment); a chain step without text of its own ("returns them") has no
+                critical character. So the order of steps is marked both by where the steps'
+                critical units stand (in application order in ``steps`` and ``result``) and by
+                the delimiters (``nested``: ``-(x + 7)`` vs ``(-x) + 7``); a branch by its
+                position (then before else). Swapping two steps (with text of their own) or the
+                branches changes the sequence of critical texts.
+  ``mutated``   where a candidate departs from the specification, i.e. from the nearest correct
+                rendering: the specification rendered in the candidate's surface style (where
+                several styles render the candidate as the same text, e.g. a one-step chain, the
+                nearest of them). The spans cover the candidate's units that a best alignment of
+                the two unit sequences leaves unmatched (the most units matched, then the fewest
+                edit regions; this also defines "nearest"), and, where the correct rendering has
+                text with nothing in its place (a missing step, a dropped ``abs(…)``), the unit
+                that text was attached to: the non-whitespace unit just before the gap, else the
+                next one on its line, else the last one before it (``render.mutated_spans``).
+                Never empty on an incorrect record; ``[]`` on every record labelled correct (a
+                mutant that passes the tests included).
+
+The data template turns them into token masks aligned with the labels (``critical_mask``,
+``mutated_mask``: ``wmtp_jax.data.template``).
+
 Splits. A problem is identified by its specification key (family, primitives in order, their
 constants), e.g. ``int:mul=3,add=2``; the instruction text is a function of the key and vice
 versa. Each key belongs to exactly one split, chosen by a salted SHA-256 hash of the key that does

@@ -22,7 +22,7 @@ from wmtp_jax.data.synthetic.problems import SOURCE, SPLITS, Problem, generate_p
 log = logging.getLogger(__name__)
 
 # Bump when the generated data changes, so that cached datasets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the records carry the ground-truth spans (critical, mutated)
 DEFAULT_SIZES = {"n_train": 1000, "n_valid": 100, "n_test": 200}
 DEFAULT_VOCAB_SIZE = 512
 PARAMS_FILE = "synthetic.json"
@@ -30,13 +30,19 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def _solution_records(problem: Problem, labels: Sequence[bool]) -> list[dict]:
+  """One record per candidate, with its spans: ``mutated`` is empty on a record labelled correct
+  (a solution, or a mutant that passes the tests)."""
   if not labels[0]:
     raise RuntimeError(f"{problem.problem_id} ({problem.key}): the canonical solution fails "
                        f"its tests in the sandbox:\n{problem.solutions[0]}{problem.test_code}")
+  mutated = ((),) * len(problem.solutions) + problem.mutated
   return [{"instruction": problem.instruction, "input": "", "output": code,
            "problem_id": problem.problem_id, "is_correct": bool(label),
-           "difficulty": problem.difficulty, "source": SOURCE}
-          for code, label in zip(problem.candidates, labels)]
+           "difficulty": problem.difficulty, "source": SOURCE,
+           "critical": [list(span) for span in critical],
+           "mutated": [] if label else [list(span) for span in departs]}
+          for code, label, critical, departs in zip(problem.candidates, labels, problem.critical,
+                                                    mutated)]
 
 
 def _problem_record(problem: Problem) -> dict:

@@ -2,7 +2,8 @@
 
 A problem is a specification with its instruction, its tests (``assert f(...) == ...`` lines on
 inputs chosen to tell apart as many single-edit mutations as possible, expected values from
-running the canonical solution), its correct solutions (the surface variants) and its mutants.
+running the canonical solution), its correct solutions (the surface variants) and its mutants,
+with the ground-truth spans of each (``critical``, ``mutated``: see the package docstring).
 """
 
 import dataclasses
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from wmtp_jax.data.synthetic import grammar, render
+from wmtp_jax.data.synthetic.render import Span
 
 SPLITS = ("train", "valid", "test")
 SOURCE = "synthetic"
@@ -43,6 +45,9 @@ class Problem:
     tests: ``assert f(...) == ...`` lines, expected values computed by running ``solutions[0]``.
     solutions: the canonical solution followed by its equivalent surface variants.
     mutants: plausible incorrect solutions (unlabelled: some may pass the tests).
+    critical: per candidate (``candidates`` order), the spans of its critical units.
+    mutated: per mutant, the spans where it departs from the specification rendered in its
+      surface style (``render.mutated_spans``; never empty).
   """
   problem_id: str
   split: str
@@ -53,6 +58,8 @@ class Problem:
   tests: tuple[str, ...]
   solutions: tuple[str, ...]
   mutants: tuple[str, ...]
+  critical: tuple[tuple[Span, ...], ...]
+  mutated: tuple[tuple[Span, ...], ...]
 
   @property
   def test_code(self) -> str:
@@ -101,9 +108,13 @@ def _problem(spec: grammar.Spec, rng: random.Random, problem_id: str, split: str
 
   Degenerate: on random inputs ``f`` is constant or equals a shortcut (``render.shortcuts``: e.g.
   "multiplies each element by 2, and returns their count"). The tests are ``_N_TESTS`` of those
-  inputs chosen to tell apart as many single-edit mutations of ``spec`` as possible.
+  inputs chosen to tell apart as many single-edit mutations of ``spec`` as possible. A mutant's
+  ``mutated`` spans compare it with ``spec`` rendered in the mutant's surface style (the nearest
+  of those styles that render the mutation as the same text).
   """
-  solutions = list(dict.fromkeys(render.source(spec, style) for style in render.styles(spec)))
+  correct = {style: render.render(spec, style) for style in render.styles(spec)}
+  renderings = list(dict.fromkeys(correct.values()))  # styles that coincide give one solution
+  solutions = [r.text for r in renderings]
   pool = grammar.sample_inputs(rng, spec, _N_POOL)
   expected = _outputs(solutions[0], pool)
   if None in expected:
@@ -114,18 +125,23 @@ def _problem(spec: grammar.Spec, rng: random.Random, problem_id: str, split: str
   neighbours = [_outputs(render.source(m, render.styles(m)[0]), pool) for m in mutations]
   tests = _select_tests(expected, neighbours)
   rng.shuffle(mutations)
-  mutants: list[str] = []
+  mutants: list[render.Rendering] = []
+  mutated: list[tuple[Span, ...]] = []
   for mutation in mutations:
-    code = render.source(mutation, rng.choice(render.styles(mutation)))
-    if code not in solutions and code not in mutants:
-      mutants.append(code)
+    style = rng.choice(render.styles(mutation))
+    mutant = render.render(mutation, style)
+    if mutant.text not in solutions and mutant.text not in (m.text for m in mutants):
+      mutants.append(mutant)
+      mutated.append(render.mutated_spans(mutant, [
+          correct[s] for s in render.styles(spec) if render.source(mutation, s) == mutant.text]))
     if len(mutants) == _N_MUTANTS:
       break
   calls = [f"{grammar.ENTRY_POINT}({', '.join(map(repr, pool[i]))})" for i in tests]
   return Problem(problem_id=problem_id, split=split, key=spec.key, family=spec.family,
                  instruction=render.instruction(spec), difficulty=grammar.difficulty(spec),
                  tests=tuple(f"assert {call} == {expected[i]}" for call, i in zip(calls, tests)),
-                 solutions=tuple(solutions), mutants=tuple(mutants))
+                 solutions=tuple(solutions), mutants=tuple(m.text for m in mutants),
+                 critical=tuple(r.critical for r in renderings + mutants), mutated=tuple(mutated))
 
 
 def generate_problems(n: int, *, seed: int, split: str) -> list[Problem]:
