@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from wmtp_jax import IGNORE_INDEX
 from wmtp_jax.checkpoints import checkpointer as checkpointing
 from wmtp_jax.data import jsonl, pipeline, records, samplers, template
+from wmtp_jax.data import tokenizer as tokenizer_lib
 from wmtp_jax.data.tokenizer import train_bpe_tokenizer
 
 N_RECORDS = 160  # 40 problems × 4 solutions; record i is correct iff i is odd
@@ -217,3 +218,31 @@ def test_to_global_batch(env):
   for key, value in global_batch.items():
     assert isinstance(value, jax.Array) and value.sharding == sharding
     np.testing.assert_array_equal(np.asarray(value), batch[key])
+
+
+def test_span_masks_are_carried_through(small_dataset):
+  """Records with spans (the synthetic dataset): every batch, single or pairwise, holds the masks
+  that template.encode gives each of its rows, padded with 0."""
+  store = records.RecordStore(small_dataset / "train.jsonl")
+  tok = tokenizer_lib.load_tokenizer(small_dataset / "tokenizer")
+  pim = store.meta["problem_index_map"]
+  keys = ("critical_mask", "mutated_mask")
+  pairs = samplers.pairs(pim, seed=0, max_pairs_per_problem=1)
+  for indices, prefixes in ((np.arange(40), ("",)), (pairs, ("pos_", "neg_"))):
+    rows = np.asarray(indices).reshape(len(indices), -1)
+    batches = list(pipeline.make_dataset(store, indices, tok, batch_size=8, max_len=512, seed=0,
+                                         num_epochs=1, shuffle=False, drop_remainder=False,
+                                         process_count=1, process_index=0))
+    assert sum(len(b["dropped_before"]) for b in batches) == len(rows)
+    n = 0
+    for batch in batches:
+      for side, prefix in enumerate(prefixes):
+        for r in range(len(batch["dropped_before"])):
+          example = template.encode(store[int(rows[n + r, side])], tok, 512)
+          for key in keys:
+            mask = batch[prefix + key]
+            assert mask.dtype == np.int32 and mask.shape == batch[prefix + "tokens"].shape
+            np.testing.assert_array_equal(mask[r, :len(example)], example.span_masks[key])
+            assert not mask[r, len(example):].any()
+      n += len(batch["dropped_before"])
+    assert any(batch[prefixes[-1] + "mutated_mask"].any() for batch in batches)

@@ -138,3 +138,101 @@ def test_collate_pairs_share_the_length(tokenizer):
   np.testing.assert_array_equal(batch["neg_is_correct"], [0.0, 0.0])
   unbucketed = template.collate_pairs(pos, neg, pad_id=3)
   assert unbucketed["pos_tokens"].shape[1] == max(len(pos[0]), len(neg[0]))
+
+
+def _with_spans(record, critical, mutated=()):
+  return {**record, "critical": [list(s) for s in critical], "mutated": [list(s) for s in mutated]}
+
+
+def _char_ranges(tokenizer, example):
+  """``{position t: [start, end)}`` of each labelled response token's characters in the output,
+  from decoding the tokens one by one (the reference; ASCII text)."""
+  ranges, pos = {}, 0
+  for t in np.flatnonzero(example.labels != IGNORE_INDEX):
+    if example.tokens[t] == tokenizer.eos_token_id:
+      continue
+    text = tokenizer.decode([int(example.tokens[t])])
+    ranges[int(t)], pos = (pos, pos + len(text)), pos + len(text)
+  return ranges, pos
+
+
+def _reference_mask(tokenizer, example, spans):
+  """1 at target position t iff token x_t is a response token that overlaps a span."""
+  ranges, _ = _char_ranges(tokenizer, example)
+  mask = np.zeros(len(example), np.int32)
+  for t, (start, end) in ranges.items():
+    mask[t] = any(s < end and start < e for s, e in spans)
+  return mask
+
+
+def test_span_masks_line_up_with_the_targets(tokenizer):
+  """Spans whose edges fall inside a BPE token (the token counts as in), next to a token edge,
+  and across several tokens: each mask equals a reference built by decoding the targets."""
+  record = WITH_INPUT
+  plain = template.encode(record, tokenizer, 512)
+  ranges, n_chars = _char_ranges(tokenizer, plain)
+  assert n_chars == len(record["output"])
+  merged = [(t, s, e) for t, (s, e) in ranges.items() if e - s >= 2]
+  assert len(merged) >= 3  # the tokenizer merges: there are edges to fall inside
+  cases = []
+  for t, s, e in merged:
+    cases += [([(s + 1, e)], [(e - 1, e + 1)]),  # starts inside t; straddles t's end
+              ([(s, s + 1)], [(s + 1, e - 1)] if e - s > 2 else [(s + 1, e)])]  # ends inside t
+  cases.append(([(0, 3), (5, 9), (20, len(record["output"]))], []))
+  for critical, mutated in cases:
+    example = template.encode(_with_spans(record, critical, mutated), tokenizer, 512)
+    np.testing.assert_array_equal(example.tokens, plain.tokens)
+    np.testing.assert_array_equal(example.labels, plain.labels)
+    assert set(example.span_masks) == {"critical_mask", "mutated_mask"}
+    for key, spans in (("critical_mask", critical), ("mutated_mask", mutated)):
+      mask = example.span_masks[key]
+      assert mask.dtype == np.int32 and mask.shape == example.tokens.shape
+      np.testing.assert_array_equal(mask, _reference_mask(tokenizer, example, spans),
+                                    err_msg=f"{key} {spans}")
+      assert not mask[example.labels == IGNORE_INDEX].any()  # target positions only
+      assert mask[-1] == 0  # the closing EOS has no characters
+  t, s, e = merged[0]
+  inside = template.encode(_with_spans(record, [(s + 1, s + 2)]), tokenizer, 512)
+  assert inside.span_masks["critical_mask"].tolist() == [int(u == t) for u in range(len(plain))]
+  assert template.encode(_with_spans(record, [], []), tokenizer, 512).span_masks[
+      "critical_mask"].sum() == 0
+
+
+def test_span_masks_are_truncated_with_the_response(tokenizer):
+  record = _with_spans(WITH_INPUT, [(0, len(WITH_INPUT["output"]))], [(4, 5)])
+  full = template.encode(record, tokenizer, 512)
+  cut = template.encode(record, tokenizer, len(full) - 3)
+  for key, mask in cut.span_masks.items():
+    np.testing.assert_array_equal(mask, full.span_masks[key][:len(cut)])
+  assert cut.span_masks["critical_mask"].sum() == full.span_masks["critical_mask"].sum() - 2
+  assert template.encode(WITH_INPUT, tokenizer, 512).span_masks == {}  # no spans, no masks
+
+
+def test_collate_carries_the_span_masks(tokenizer):
+  records = [_with_spans(WITH_INPUT, [(4, 9)], [(23, 24)]), _with_spans(NO_INPUT, [(18, 22)])]
+  examples = [template.encode(r, tokenizer, 512) for r in records]
+  batch = template.collate(examples, pad_id=tokenizer.pad_token_id, pad_to=200)
+  for key in ("critical_mask", "mutated_mask"):
+    assert batch[key].shape == (2, 200) and batch[key].dtype == np.int32
+    for row, example in enumerate(examples):
+      np.testing.assert_array_equal(batch[key][row, :len(example)], example.span_masks[key])
+      assert not batch[key][row, len(example):].any()
+      assert not batch[key][row][batch["labels"][row] == IGNORE_INDEX].any()
+  assert batch["mutated_mask"][1].sum() == 0 and batch["critical_mask"][1].sum() > 0
+  pairs = template.collate_pairs(examples[:1], examples[1:], pad_id=tokenizer.pad_token_id)
+  for side, example in (("pos", examples[0]), ("neg", examples[1])):
+    np.testing.assert_array_equal(pairs[f"{side}_critical_mask"][0, :len(example)],
+                                  example.span_masks["critical_mask"])
+  with pytest.raises(ValueError, match="critical_mask: 1 of the 2 examples of a batch carry it"):
+    template.collate([examples[0], template.encode(NO_INPUT, tokenizer, 512)], pad_id=3)
+
+
+def test_span_masks_need_a_fast_tokenizer(tokenizer):
+  class SlowTokenizer:  # the encode() interface without character offsets
+    bos_token_id, eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    encode = staticmethod(tokenizer.encode)
+
+  assert len(template.encode(WITH_INPUT, SlowTokenizer(), 512)) == len(
+      template.encode(WITH_INPUT, tokenizer, 512))
+  with pytest.raises(ValueError, match="record 'p0' carries spans .* need a fast tokenizer"):
+    template.encode(_with_spans(WITH_INPUT, [(0, 3)]), SlowTokenizer(), 512)

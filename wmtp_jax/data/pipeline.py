@@ -17,12 +17,14 @@ Stages of ``make_dataset`` (per JAX process):
      yields exactly the in-process batches, and more workers a different but deterministic order.
 
 Batches are dicts of numpy arrays: ``tokens, labels, attention_mask [B, S] int32``,
-``is_correct [B] float32``, ``lengths [B] int32``, ``dropped_before [B] int32``; pairwise batches
-carry the ``collate`` keys prefixed ``pos_``/``neg_`` (both ``[B, S]``) and ``dropped_before``.
+``is_correct [B] float32``, ``lengths [B] int32``, ``dropped_before [B] int32``, and when the
+records carry ground-truth spans (synthetic data) ``critical_mask, mutated_mask [B, S] int32``
+(target-aligned like ``labels``; ``template``); pairwise batches carry the ``collate`` keys
+prefixed ``pos_``/``neg_`` (both ``[B, S]``) and ``dropped_before``.
 
 The iterator (``iter(dataset)``) is checkpointable: ``get_state()``/``set_state(state)`` (a JSON
-dict); ``wmtp_jax.checkpoints.checkpointer.Checkpointer`` saves it with the train state in one Orbax step
-(``grain.checkpoint.CheckpointSave``, one file per process). A state restores only into a pipeline
+dict); ``wmtp_jax.checkpoints.checkpointer.Checkpointer`` saves it with the train state in one
+Orbax step (``grain.checkpoint.CheckpointSave``, one file per process). A state restores only into a pipeline
 built with the same arguments; ``reshard_state`` converts the states of P processes into the state
 of a shard of P' processes (``num_workers=0`` only).
 

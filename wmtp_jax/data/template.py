@@ -12,6 +12,20 @@ The prompt and the response are tokenised separately and concatenated, so the pr
 boundary is exact whatever the tokenizer merges across it. ``tokenizer`` is any object with the
 ``transformers`` tokenizer interface: ``encode(text, add_special_tokens=False) -> list[int]``,
 ``bos_token_id`` and ``eos_token_id`` (e.g. ``wmtp_jax.data.tokenizer.load_tokenizer(path)``).
+
+Span masks. A record that carries ground-truth spans of its ``output`` (``critical``,
+``mutated``: ``wmtp_jax.data.schema.SPAN_FIELDS``, synthetic data) also gets, per field, a mask
+aligned with ``labels`` (``SPAN_MASKS``: ``critical_mask``, ``mutated_mask``):
+
+  ``critical_mask[t]``   1 if ``x_t`` is a response token whose characters overlap a span of
+                         ``critical``, else 0 (0 on BOS, the prompt, the closing EOS, padding);
+                         ``mutated_mask[t]`` likewise for ``mutated``
+
+A token that overlaps a span at all counts as in it, so where a BPE merge crosses a span edge
+(``" +"``, ``"(x"``) the whole token is in; a token without characters (a zero-width offset) is
+never in. The overlap is read from the tokenizer's character offsets of the response
+(``return_offsets_mapping=True``), which needs a fast (Rust) tokenizer. Records without spans
+get no mask, and a batch mixing records with and without a field is an error.
 """
 
 import dataclasses
@@ -21,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from wmtp_jax import IGNORE_INDEX
+from wmtp_jax.data.schema import SPAN_FIELDS
 
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -31,6 +46,7 @@ PROMPT_NO_INPUT = (
     "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 
 TRUNCATION_POLICIES = ("response", "drop")
+SPAN_MASKS = {field: f"{field}_mask" for field in SPAN_FIELDS}  # record field → batch key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +57,13 @@ class Example:
     tokens: ``[L]`` int32 token ids (BOS, prompt, response, EOS unless truncated away).
     labels: ``[L]`` int32, ``tokens`` on the response (+EOS), ``IGNORE_INDEX`` elsewhere.
     is_correct: the record's reward R (1.0 correct, 0.0 incorrect).
+    span_masks: ``{batch key: [L] int32}``, one mask per span field the record carries (module
+      docstring), aligned with ``labels``.
   """
   tokens: np.ndarray
   labels: np.ndarray
   is_correct: float
+  span_masks: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.tokens)
@@ -68,6 +87,36 @@ def _prompt_and_response_ids(record: Mapping[str, Any], tokenizer,
     prompt = [tokenizer.bos_token_id] + prompt
   response = tokenizer.encode(record["output"], add_special_tokens=False)
   return prompt, response + [tokenizer.eos_token_id]
+
+
+def _overlaps(offsets_Sx2: np.ndarray, spans: Sequence[Sequence[int]]) -> np.ndarray:
+  """``[S]`` int32 over response tokens whose characters are ``offsets_Sx2`` (``[start, end)``
+  each): 1 where the token overlaps one of ``spans``."""
+  starts_S, ends_S = offsets_Sx2[:, 0], offsets_Sx2[:, 1]
+  hit_S = np.zeros(len(offsets_Sx2), dtype=bool)
+  for start, end in spans:
+    hit_S |= (starts_S < end) & (start < ends_S)
+  return hit_S.astype(np.int32)
+
+
+def _response_span_masks(record: Mapping[str, Any], tokenizer,
+                         response: Sequence[int]) -> dict[str, np.ndarray]:
+  """``{batch key: [len(response)] int32}`` for the span fields of ``record`` (module docstring);
+  ``response`` is the untruncated response + EOS of ``_prompt_and_response_ids``."""
+  fields = [field for field in SPAN_FIELDS if field in record]
+  if not fields:
+    return {}
+  if not getattr(tokenizer, "is_fast", False):
+    raise ValueError(f"record {record['problem_id']!r} carries spans ({', '.join(fields)}); "
+                     f"their token masks need a fast tokenizer (character offsets), got "
+                     f"{type(tokenizer).__name__}")
+  encoded = tokenizer(record["output"], add_special_tokens=False, return_offsets_mapping=True)
+  if list(encoded["input_ids"]) + [tokenizer.eos_token_id] != list(response):
+    raise ValueError(f"record {record['problem_id']!r}: the tokenizer's ids with offsets differ "
+                     f"from encode()")
+  offsets_Sx2 = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+  return {SPAN_MASKS[field]: np.append(_overlaps(offsets_Sx2, record[field]), np.int32(0))
+          for field in fields}
 
 
 def example_length(record: Mapping[str, Any], tokenizer, *, add_bos: bool = True) -> int:
@@ -94,11 +143,14 @@ def encode(record: Mapping[str, Any], tokenizer, max_len: int, *,
   room = max_len - len(prompt)
   if room < 1 or (len(response) > room and truncation == "drop"):
     return None
+  masks = {key: np.concatenate([np.zeros(len(prompt), np.int32), mask[:room]])
+           for key, mask in _response_span_masks(record, tokenizer, response).items()}
   response = response[:room]
   tokens = np.asarray(prompt + response, dtype=np.int32)
   labels = tokens.copy()
   labels[:len(prompt)] = IGNORE_INDEX
-  return Example(tokens=tokens, labels=labels, is_correct=float(record["is_correct"]))
+  return Example(tokens=tokens, labels=labels, is_correct=float(record["is_correct"]),
+                 span_masks=masks)
 
 
 def padded_length(longest: int, *, pad_to: int | None = None,
@@ -131,7 +183,11 @@ def collate(examples: Sequence[Example], *, pad_id: int, pad_to: int | None = No
   Returns:
     ``tokens [B, S] int32`` (``pad_id`` on padding), ``labels [B, S] int32`` (-100 on padding),
     ``attention_mask [B, S] int32``, ``is_correct [B] float32`` (reward R),
-    ``lengths [B] int32`` (real tokens per row).
+    ``lengths [B] int32`` (real tokens per row), and the span masks the examples carry
+    (``critical_mask``, ``mutated_mask``: ``[B, S] int32``, 0 on padding; module docstring).
+
+  Raises:
+    ValueError: some examples carry a span mask and others do not.
   """
   lengths = np.asarray([len(e) for e in examples], dtype=np.int32)
   seq_len = padded_length(int(lengths.max()), pad_to=pad_to, bucket_lengths=bucket_lengths)
@@ -141,13 +197,24 @@ def collate(examples: Sequence[Example], *, pad_id: int, pad_to: int | None = No
   for row, example in enumerate(examples):
     tokens[row, :len(example)] = example.tokens
     labels[row, :len(example)] = example.labels
-  return {
+  batch_arrays = {
       "tokens": tokens,
       "labels": labels,
       "attention_mask": (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int32),
       "is_correct": np.asarray([e.is_correct for e in examples], dtype=np.float32),
       "lengths": lengths,
   }
+  for key in SPAN_MASKS.values():
+    carried = [key in e.span_masks for e in examples]
+    if any(carried) and not all(carried):
+      raise ValueError(f"{key}: {sum(carried)} of the {batch} examples of a batch carry it; a "
+                       f"batch must not mix records with and without these spans")
+    if all(carried):
+      mask = np.zeros((batch, seq_len), dtype=np.int32)
+      for row, example in enumerate(examples):
+        mask[row, :len(example)] = example.span_masks[key]
+      batch_arrays[key] = mask
+  return batch_arrays
 
 
 def collate_pairs(pos: Sequence[Example], neg: Sequence[Example], *, pad_id: int,
