@@ -13,9 +13,9 @@ def test_synthetic_dataset_written_by_process_0_then_a_barrier(process, tmp_path
   """Process 0 generates the dataset, then every process passes the barrier (the real one: a
   no-op wait with one process) before it returns the directory."""
   events = []
-  ensure, sync = run_data.synthetic.ensure_dataset, run_data.multihost_utils.sync_global_devices
+  ensure, sync = run_data.synthetic.cached_dataset, run_data.multihost_utils.sync_global_devices
   monkeypatch.setattr(run_data.jax, "process_index", lambda: process)
-  monkeypatch.setattr(run_data.synthetic, "ensure_dataset",
+  monkeypatch.setattr(run_data.synthetic, "cached_dataset",
                       lambda *a, **k: events.append("generate") or ensure(*a, **k))
   monkeypatch.setattr(run_data.multihost_utils, "sync_global_devices",
                       lambda name: events.append(name) or sync(name))
@@ -23,6 +23,7 @@ def test_synthetic_dataset_written_by_process_0_then_a_barrier(process, tmp_path
   config.data.update(dir="", cache_dir=str(tmp_path / "cache"))
   config.data.synthetic.update(SMALL_DATA)
   directory = run_data.dataset_dir(config.data)
-  assert directory == tmp_path / "cache"
+  assert directory == run_data.synthetic.cached_path(tmp_path / "cache", **SMALL_DATA)
+  assert directory.parent == tmp_path / "cache"
   assert events == (["generate"] if process == 0 else []) + [run_data.DATASET_BARRIER]
   assert (directory / "train.jsonl").is_file() == (process == 0)

@@ -141,3 +141,99 @@ def test_ensure_dataset_reuses_and_regenerates(tmp_path, monkeypatch):
   assert calls == [0, 1, 1, 1]
   synthetic.ensure_dataset(out, seed=1, **params)
   assert calls == [0, 1, 1, 1]
+
+
+def test_cached_path_is_keyed_by_the_parameters(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  default = synthetic.cached_path()
+  assert default.parent == tmp_path / "wmtp_jax"
+  assert re.fullmatch(r"synthetic-s0-1000x100x200-v512-[0-9a-f]{8}", default.name)
+  assert synthetic.cached_path("", **synthetic.DEFAULT_SIZES, seed=0, vocab_size=512) == default
+  assert synthetic.cached_path(tmp_path / "root").parent == tmp_path / "root"
+  others = [synthetic.cached_path(**change) for change in (
+      {"seed": 1}, {"n_train": 999}, {"n_valid": 99}, {"n_test": 20}, {"vocab_size": 600})]
+  assert [p.name.rsplit("-", 1)[0] for p in others] == [
+      "synthetic-s1-1000x100x200-v512", "synthetic-s0-999x100x200-v512",
+      "synthetic-s0-1000x99x200-v512", "synthetic-s0-1000x100x20-v512",
+      "synthetic-s0-1000x100x200-v600"]
+  monkeypatch.setattr(dataset_lib, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+  newer = synthetic.cached_path()
+  assert newer.name[:-8] == default.name[:-8] and newer != default
+  assert len({default, newer, *others}) == 7
+
+
+# Asks for the cached dataset of the sizes argv[2] (JSON) under the root argv[1]; prints its path.
+CACHED_CHILD = r"""
+import json, logging, sys
+from wmtp_jax.data import synthetic
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+print(synthetic.cached_dataset(sys.argv[1], workers=1, **json.loads(sys.argv[2])))
+"""
+
+
+def _cached_in_processes(root: Path, *sizes: dict) -> list[tuple[Path, str]]:
+  """``(path, log)`` of ``cached_dataset(root, **s)`` for each of ``sizes``, asked concurrently
+  by one process each."""
+  procs = [subprocess.Popen([sys.executable, "-c", CACHED_CHILD, str(root), json.dumps(s)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for s in sizes]
+  results = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    results.append((Path(out.strip()), err))
+  return results
+
+
+def test_cached_datasets_of_concurrent_jobs(tmp_path):
+  """The reported bug: a job with other sizes regenerated the one cached directory in place
+  under a running job. Now two jobs with the same parameters build one dataset once, a job with
+  other parameters gets a directory of its own, and the first dataset stays as it was."""
+  root = tmp_path / "cache"
+  a = {"n_train": 20, "n_valid": 4, "n_test": 6}
+  b = {**a, "n_test": 4}
+  (path_a, log_1), (path_a2, log_2) = _cached_in_processes(root, a, a)
+  assert path_a == path_a2 == synthetic.cached_path(root, **a)
+  built = f"built cached synthetic {path_a} in"
+  assert (log_1 + log_2).count(built) == 1 and (log_1 + log_2).count("records in") == 1
+  # pylint: disable=protected-access
+  assert json.loads((path_a / synthetic.PARAMS_FILE).read_text()) == dataset_lib._params(
+      seed=0, vocab_size=512, **a)
+  assert all(p.is_file() for p in dataset_lib._expected_files(path_a))
+  # pylint: enable=protected-access
+  before = _files(path_a)
+  assert len(jsonl.read_problems(path_a / "test.problems.jsonl")) == 6
+
+  (path_b, log_b), (path_a3, log_3) = _cached_in_processes(root, b, a)
+  assert path_b == synthetic.cached_path(root, **b) != path_a == path_a3
+  assert log_b.count(f"built cached synthetic {path_b} in") == 1
+  assert "records in" not in log_3 and f"reusing cached synthetic {path_a}" in log_3
+  assert _files(path_a) == before
+  assert len(jsonl.read_problems(path_a / "test.problems.jsonl")) == 6
+  assert len(jsonl.read_problems(path_b / "test.problems.jsonl")) == 4
+  assert sorted(p.name for p in root.iterdir()) == sorted(
+      [path_a.name, f"{path_a.name}.lock", path_b.name, f"{path_b.name}.lock"])
+
+
+def test_every_reader_of_the_default_dataset_agrees_on_its_path(tmp_path, monkeypatch):
+  """Training (``run_data``), evaluation (``eval.runner``) and the benchmark loader
+  (``eval.benchmarks``) locate the default dataset through ``cached_path``; training's
+  ``config.data.cache_dir`` is the cache root."""
+  from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.config import common as config_lib  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.data import run_data  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.eval import benchmarks, runner  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  built = []
+  monkeypatch.setattr(synthetic, "cached_dataset",
+                      lambda root=None, **sizes: built.append(root) or synthetic.cached_path())
+  default = synthetic.cached_path()
+  assert default.parent == tmp_path / "wmtp_jax"
+  assert benchmarks._default_synthetic_dir() == default  # pylint: disable=protected-access
+  config = SimpleNamespace(benchmark="synthetic", data="")
+  assert runner._dataset_dir(config) == default  # pylint: disable=protected-access
+  data = config_lib.load("baseline", "tiny").data
+  assert data.synthetic.to_dict() == {**synthetic.DEFAULT_SIZES, "seed": 0, "vocab_size": 512}
+  assert run_data.dataset_dir(data) == default and built == [None, ""]
+  data.cache_dir = str(tmp_path / "root")
+  assert run_data.dataset_dir(data) == tmp_path / "root" / default.name

@@ -1,15 +1,15 @@
 """The data of a training run, from ``config.data``: dataset, tokenizer, sampler, iterators.
 
 ``config.data.dir`` names a dataset directory (the ``wmtp_jax.data`` layout); empty means the
-embedded synthetic verifiable task, generated once into ``config.data.cache_dir`` (default
-``$XDG_CACHE_HOME/wmtp_jax/synthetic``) by process 0 while the other processes wait, and reused.
+embedded synthetic verifiable task of ``config.data.synthetic``, cached under the root
+``config.data.cache_dir`` (default ``$XDG_CACHE_HOME/wmtp_jax``) in a directory of its own per
+parameters (``synthetic.cached_path``), built once by process 0 while the other processes wait.
 The sampler is ``config.data.sampler`` (a ``samplers.METHODS`` name, or ``"all"`` for every
 record) with ``config.data.sampler_args``; empty picks the objective's default: correct
 solutions, every record (``samples="all"``) or correct/incorrect pairs (the critic).
 """
 
 import dataclasses
-import os
 import pathlib
 from collections.abc import Callable, Iterator
 
@@ -40,19 +40,17 @@ class RunData:
 
 
 def dataset_dir(data_cfg) -> pathlib.Path:
-  """The dataset directory: ``data.dir``, or the synthetic task generated into the cache (by
-  process 0; every process returns once it is complete: call this from all processes)."""
+  """The dataset directory: ``data.dir``, or the synthetic task's in the cache (built by process
+  0 if missing; every process returns once it is complete: call this from all processes)."""
   if data_cfg.dir:
     path = pathlib.Path(data_cfg.dir)
     if not path.is_dir():
       raise FileNotFoundError(f"config.data.dir={data_cfg.dir!r} is not a directory")
     return path
-  cache = data_cfg.cache_dir or os.path.join(
-      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wmtp_jax", "synthetic")
   if jax.process_index() == 0:
-    synthetic.ensure_dataset(cache, **data_cfg.synthetic)
+    synthetic.cached_dataset(data_cfg.cache_dir, **data_cfg.synthetic)
   multihost_utils.sync_global_devices(DATASET_BARRIER)
-  return pathlib.Path(cache)
+  return synthetic.cached_path(data_cfg.cache_dir, **data_cfg.synthetic)
 
 
 def sample_indices(store: records.RecordStore, method: str, args: dict, *, seed: int) -> np.ndarray:

@@ -86,8 +86,9 @@ def get(name: str) -> Benchmark:
 
 
 def _default_synthetic_dir() -> Path:
-  return Path(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wmtp_jax",
-              "synthetic")
+  """The default synthetic dataset's directory in the default cache (built or not)."""
+  from wmtp_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  return synthetic.cached_path()
 
 
 def load_problems(benchmark: str, data: str | os.PathLike | None = None, *,

@@ -245,9 +245,7 @@ def _dataset_dir(config) -> pathlib.Path | None:
   if config.data:
     return pathlib.Path(config.data)
   from wmtp_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-  directory = benchmarks._default_synthetic_dir()  # pylint: disable=protected-access
-  synthetic.ensure_dataset(directory)
-  return directory
+  return synthetic.cached_dataset()
 
 
 def _tokenizer(config, source, dataset_dir):

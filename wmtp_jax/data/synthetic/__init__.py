@@ -86,8 +86,10 @@ combinations of the same primitives and constants — for every seed, in every s
 
 Files: ``write_dataset`` writes the dataset directory described in ``wmtp_jax.data`` plus
 ``synthetic.json`` (the generation parameters; written last, so it marks a complete dataset),
-which ``ensure_dataset`` compares to reuse a cached dataset. Output is byte-identical for the
-same parameters. CLI: ``python -m wmtp_jax.data.synthetic --out DIR [--seed 0] [--n-train N]``.
+which ``ensure_dataset`` compares to reuse a dataset directory; ``cached_dataset`` keeps one
+directory per parameters in the cache (``cached_path``: ``<cache root>/synthetic-<label>-
+<hash8>``, built atomically once, never modified). Output is byte-identical for the same
+parameters. CLI: ``python -m wmtp_jax.data.synthetic --out DIR [--seed 0] [--n-train N]``.
 
 Modules: ``grammar`` (primitives, families, specifications, sampling, mutations), ``render``
 (source code in each surface style, instruction text), ``problems`` (splits, tests,
@@ -95,8 +97,8 @@ Modules: ``grammar`` (primitives, families, specifications, sampling, mutations)
 """
 
 from wmtp_jax.data.synthetic.dataset import (DEFAULT_SIZES, DEFAULT_VOCAB_SIZE, GENERATOR_VERSION,
-                                             PARAMS_FILE, TOKENIZER_DIR, ensure_dataset, main,
-                                             write_dataset)
+                                             PARAMS_FILE, TOKENIZER_DIR, cached_dataset,
+                                             cached_path, ensure_dataset, main, write_dataset)
 from wmtp_jax.data.synthetic.grammar import ENTRY_POINT
 from wmtp_jax.data.synthetic.label import label_candidates
 from wmtp_jax.data.synthetic.problems import SOURCE, SPLITS, Problem, generate_problems, split_of

@@ -1,8 +1,11 @@
-"""The synthetic dataset directory: generation, files, the cache (``ensure_dataset``), the CLI.
+"""The synthetic dataset directory: generation, files, the cache (``cached_dataset``), the CLI.
 
 ``write_dataset`` writes the layout of ``wmtp_jax.data`` plus ``synthetic.json`` (the generation
 parameters; written last, so it marks a complete dataset), which ``ensure_dataset`` compares to
-reuse a cached dataset. CLI: ``python -m wmtp_jax.data.synthetic --out DIR``.
+reuse the dataset of a given directory. ``cached_dataset`` keeps one dataset per parameters in
+the cache (``wmtp_jax.data.cache``): ``<cache root>/synthetic-s<seed>-<n_train>x<n_valid>x
+<n_test>-v<vocab_size>-<hash8>`` (``cached_path``), built once and never modified. CLI:
+``python -m wmtp_jax.data.synthetic --out DIR`` (writes exactly ``DIR``).
 """
 
 import argparse
@@ -14,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from wmtp_jax.data import jsonl, records, schema, template, tokenizer
+from wmtp_jax.data import cache, jsonl, records, schema, template, tokenizer
 from wmtp_jax.data.synthetic.grammar import ENTRY_POINT
 from wmtp_jax.data.synthetic.label import label_candidates
 from wmtp_jax.data.synthetic.problems import SOURCE, SPLITS, Problem, generate_problems
@@ -27,6 +30,7 @@ DEFAULT_SIZES = {"n_train": 1000, "n_valid": 100, "n_test": 200}
 DEFAULT_VOCAB_SIZE = 512
 PARAMS_FILE = "synthetic.json"
 TOKENIZER_DIR = "tokenizer"
+CACHE_KIND = "synthetic"  # cache entries: <cache root>/synthetic-<label>-<hash8>
 
 
 def _solution_records(problem: Problem, labels: Sequence[bool]) -> list[dict]:
@@ -116,8 +120,9 @@ def ensure_dataset(out_dir: str | os.PathLike, *, n_train: int = DEFAULT_SIZES["
   """Returns ``out_dir`` after making sure it holds the dataset ``write_dataset`` would write.
 
   A complete dataset (all files present, ``synthetic.json`` equal to these parameters and the
-  current ``GENERATOR_VERSION``) is reused as is; anything else is regenerated. Call it from one
-  process per directory (e.g. the first host), not concurrently.
+  current ``GENERATOR_VERSION``) is reused as is; anything else is regenerated in place. Call it
+  from one process per directory, not concurrently, and not on a directory a job reads; the
+  shared cache is ``cached_dataset``.
   """
   out = Path(out_dir)
   params = _params(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
@@ -131,6 +136,38 @@ def ensure_dataset(out_dir: str | os.PathLike, *, n_train: int = DEFAULT_SIZES["
     return out
   return write_dataset(out, workers=workers, **{k: v for k, v in params.items()
                                                 if k != "generator_version"})
+
+
+def _cache_key(*, seed: int, n_train: int, n_valid: int, n_test: int,
+               vocab_size: int) -> tuple[dict, str]:
+  """A dataset's key in the cache: its parameters (``_params``) and its directory's label."""
+  return (_params(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
+                  vocab_size=vocab_size), f"s{seed}-{n_train}x{n_valid}x{n_test}-v{vocab_size}")
+
+
+def cached_path(cache_root: str | os.PathLike | None = None, *,
+                n_train: int = DEFAULT_SIZES["n_train"], n_valid: int = DEFAULT_SIZES["n_valid"],
+                n_test: int = DEFAULT_SIZES["n_test"], seed: int = 0,
+                vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
+  """Where the cached dataset of these parameters lives (built or not) in ``cache_root`` (empty:
+  ``$XDG_CACHE_HOME/wmtp_jax``): ``synthetic-s0-1000x100x200-v512-<hash8>`` for the defaults,
+  the hash covering the parameters and ``GENERATOR_VERSION``."""
+  params, label = _cache_key(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
+                             vocab_size=vocab_size)
+  return cache.entry_path(cache_root, CACHE_KIND, params, label)
+
+
+def cached_dataset(cache_root: str | os.PathLike | None = None, *,
+                   n_train: int = DEFAULT_SIZES["n_train"],
+                   n_valid: int = DEFAULT_SIZES["n_valid"], n_test: int = DEFAULT_SIZES["n_test"],
+                   seed: int = 0, vocab_size: int = DEFAULT_VOCAB_SIZE,
+                   workers: int | None = None) -> Path:
+  """``cached_path(...)``, holding the complete dataset: written by ``write_dataset`` if missing
+  (atomically, once across processes: ``cache.cached_dir``), never modified once there."""
+  sizes = dict(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test, vocab_size=vocab_size)
+  params, label = _cache_key(**sizes)
+  return cache.cached_dir(cache_root, CACHE_KIND, params,
+                          lambda tmp: write_dataset(tmp, workers=workers, **sizes), label=label)
 
 
 # ----------------------------------------------------------------------------- CLI
