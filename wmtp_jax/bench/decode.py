@@ -6,7 +6,7 @@
 The model is a converted checkpoint / finished run (``--checkpoint``, with its tokenizer) or, by
 default, the tiny MTP preset (4 trunk blocks + 4 head blocks, width 128; ``--n-layers`` /
 ``--dim`` change its shape) trained here for ``--train-steps`` on the embedded synthetic task
-(the ``baseline`` pipeline through ``training.loop.run``: uniform-weight MTP cross-entropy on
+(``train_tiny``: the ``baseline`` objective's train step, uniform-weight MTP cross-entropy on
 the correct solutions; 3–4 minutes on 2 CPU cores), so that the heads have something to agree
 on. Prompts are the Alpaca prompts of the synthetic test problems. For every batch size
 (``generation_speed``): plain greedy decoding with head 0, then self-speculative decoding with
@@ -42,40 +42,75 @@ draft heads) and 3.42 (3).
 import argparse
 import functools
 import logging
+import pathlib
 import statistics
-import tempfile
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from wmtp_jax import objectives
+from wmtp_jax.bench import _configs
 from wmtp_jax.checkpoints import pretrained
-from wmtp_jax.config import common as config_lib
-from wmtp_jax.data import jsonl, run_data
+from wmtp_jax.data import jsonl, synthetic, template, tokenizer as tokenizer_lib
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.decoding.adapter import ModelAdapter
 from wmtp_jax.eval import benchmarks, runner
-from wmtp_jax.training import loop
+from wmtp_jax.training import mesh as mesh_lib, state as state_lib, step as step_lib
 
 log = logging.getLogger(__name__)
+STEP_KEYS = ("tokens", "labels", "attention_mask", "is_correct")  # what the baseline step reads
 
 
-def train_tiny(steps: int, **shape: int):
-  """``(model, params, tokenizer, dataset_dir, final loss)``: the ``baseline`` pipeline's tiny
-  config (the MTP preset with ``shape`` overrides such as ``n_layers``, ``dim``) trained for
-  ``steps`` by the project's train loop on the synthetic task, in a temporary workdir."""
-  config = config_lib.load("baseline", "tiny")
-  config.model.update(shape)
-  config.train.update(steps=steps, eval_every=0)
-  config.checkpoint.every_steps = steps
-  config.evaluate.update(enabled=False, every_steps=0)
-  with tempfile.TemporaryDirectory() as workdir:
-    final = loop.run(config, workdir)
-    model, params, tok = _load(workdir)
-  return model, params, tok, run_data.dataset_dir(config.data), final["loss"]
+def _train_batches(directory: pathlib.Path, tok, batch_size: int, max_len: int, seed: int = 0):
+  """Endless batches of the correct train solutions of ``directory``, encoded as in training
+  (``data.template``), shuffled per epoch, ``batch_size`` rows right-padded to ``max_len``."""
+  examples = [e for r in jsonl.read_jsonl(directory / "train.jsonl") if r["is_correct"]
+              for e in [template.encode(r, tok, max_len)] if e is not None]
+  rng = np.random.default_rng(seed)
+  while True:
+    order = rng.permutation(len(examples))
+    for first in range(0, len(order) - batch_size + 1, batch_size):
+      batch = template.collate([examples[i] for i in order[first:first + batch_size]],
+                               pad_id=tok.pad_token_id or 0, pad_to=max_len)
+      yield {k: batch[k] for k in STEP_KEYS}
 
 
-def synthetic_prompts(directory, tok, n: int) -> list[list[int]]:
+def train_tiny(steps: int, *, dataset: pathlib.Path | None = None, batch_size: int = 16,
+               max_len: int = 256, **shape: int):
+  """``(model, params, tokenizer, dataset_dir, final loss)``: the tiny MTP preset (``shape``
+  overrides such as ``n_layers``, ``dim``) trained for ``steps`` steps by the train step
+  (``training.step``) with the ``baseline`` objective (uniform-weight MTP cross-entropy) and the
+  tiny runs' optimizer (``_configs.run_config``), on ``batch_size`` shuffled correct solutions
+  of the synthetic task padded to ``max_len`` (``dataset``, default the synthetic dataset the runs
+  use, generated if missing). No config file and no data pipeline: it runs where ml-collections
+  and grain are not installed."""
+  directory = dataset or synthetic.ensure_dataset(
+      benchmarks._default_synthetic_dir())  # pylint: disable=protected-access
+  tok = tokenizer_lib.load_tokenizer(directory / synthetic.TOKENIZER_DIR)
+  config = _configs.run_config("baseline", "tiny", _configs.mtp_model("tiny", **shape))
+  objective = objectives.build(config)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = mesh_lib.param_rules(config.mesh)
+  state, frozen, context, _ = state_lib.build_state(config, objective, mesh, rules,
+                                                    total_steps=steps)
+  batches = _train_batches(directory, tok, batch_size, max_len, seed=config.seed)
+  put = lambda b: jax.device_put(b, context.batch_sharding)
+  batch = put(next(batches))
+  step_fn, _, _ = step_lib.compile_steps(context, config, state, frozen, batch)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    for i in range(steps):
+      state, metrics = step_fn(state, frozen, batch)
+      if (i + 1) % 50 == 0 or i + 1 == steps:
+        log.info("train_tiny step %d/%d: loss %.4f", i + 1, steps, float(metrics["loss"]))
+      batch = put(next(batches))
+  params = state_lib.merged_params(context, state, frozen)
+  return objective.model, params, tok, directory, float(metrics["loss"])
+
+
+def synthetic_prompts(directory: pathlib.Path, tok, n: int) -> list[list[int]]:
   """Token ids of the Alpaca prompts of the first ``n`` test problems of ``directory``."""
   problems = jsonl.read_problems(directory / "test.problems.jsonl")[:n]
   return [runner.encode_prompt(tok, benchmarks.make_prompt(p, "alpaca")) for p in problems]
