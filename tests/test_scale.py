@@ -21,6 +21,7 @@ import pytest
 
 from conftest import SMALL_DATA, tiny_config
 from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
+from wmtp_jax.data import synthetic
 from wmtp_jax.models import mtp
 from wmtp_jax.training import loop
 
@@ -242,7 +243,7 @@ def test_two_processes_wait_for_the_dataset_process_0_generates(tmp_path):
   launcher = _local_launcher(2, 2, flags, stderr=subprocess.PIPE, text=True)
   _, log = launcher.communicate(timeout=600)
   assert launcher.returncode == 0, log[-3000:]
-  assert (tmp_path / "cache" / "train.jsonl").is_file()
+  assert (synthetic.cached_path(tmp_path / "cache", **SMALL_DATA) / "train.jsonl").is_file()
   assert len(_losses(tmp_path / "run" / "baseline")) == 1
 
 
