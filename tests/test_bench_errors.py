@@ -10,7 +10,7 @@ import pytest
 
 from wmtp_jax.bench import __main__ as bench_main
 
-NAMES = ("convert", "data", "decode", "loss", "scale", "step", "weighting")
+NAMES = ("convert", "data", "decode", "loss", "scale", "step", "suite", "weighting")
 
 
 def test_help_lists_the_benchmarks_and_exits_0():
