@@ -175,6 +175,7 @@ def _weighting(budget, out: dict, *, batch: int, seq: int, n_future: int, repeat
 
 
 def _decode_pass(parts: dict, shape: str, batch_size: int, k: int) -> dict | None:
+  """The ``decode_passes`` entry of ``shape`` at ``batch_size`` with ``k`` draft heads."""
   for row in parts.get("decode_passes", {}).get("results", []):
     if (row["shape"], row["batch_size"]) == (shape, batch_size):
       return next((s for s in row["speculative"] if s["draft_heads"] == k), None)
@@ -237,16 +238,18 @@ def main(argv: list[str]) -> dict:
   size = SIZES["smoke" if args.smoke else "full"]
   start = time.monotonic()
   deadline = start + (args.budget_s or size["budget_s"])
-  report = {"suite": {"smoke": args.smoke, "argv": argv, "parts": parts},
-            "device": _suite_device.device_info(), "parts": {}}
+  report = {"suite": {"smoke": args.smoke, "argv": argv, "parts": parts, "seconds": 0.0},
+            "device": _suite_device.device_info(), "parts": {}, "decode_projected": [],
+            "goals": goals({})}
   _progress(f"{report['device']['device_kind']}: {', '.join(parts)}")
   measures = _measures(size, args, report)
-  for name in parts:
+  for name in parts:  # the summaries too after every part: a run cut short keeps them
     report["parts"][name] = _run_part(name, size["caps"][name], measures[name], deadline)
+    report["decode_projected"] = _suite_decode.projected_speedups(
+        report["parts"].get("decode_passes", {}), report["parts"].get("decode_tiny", {}))
+    report["goals"] = goals(report["parts"])
+    report["suite"]["seconds"] = time.monotonic() - start
     _write(report, args.out)
-  report["decode_projected"] = _suite_decode.projected_speedups(
-      report["parts"].get("decode_passes", {}), report["parts"].get("decode_tiny", {}))
-  report["goals"] = goals(report["parts"])
-  report["suite"]["seconds"] = time.monotonic() - start
-  _write(report, args.out)
+  for name, goal in report["goals"].items():
+    _progress(f"goal {name}: {goal['value']} ({goal['goal']}): met={goal['met']}")
   return report
