@@ -87,8 +87,7 @@ def train_tiny(steps: int, *, dataset: pathlib.Path | None = None, batch_size: i
   of the synthetic task padded to ``max_len`` (``dataset``, default the synthetic dataset the runs
   use, generated if missing). No config file and no data pipeline: it runs where ml-collections
   and grain are not installed."""
-  directory = dataset or synthetic.ensure_dataset(
-      benchmarks._default_synthetic_dir())  # pylint: disable=protected-access
+  directory = dataset or synthetic.cached_dataset()
   tok = tokenizer_lib.load_tokenizer(directory / synthetic.TOKENIZER_DIR)
   config = _configs.run_config("baseline", "tiny", _configs.mtp_model("tiny", **shape))
   objective = objectives.build(config)
@@ -229,7 +228,7 @@ def main(argv: list[str]) -> dict:
   report: dict = {"device": jax.devices()[0].device_kind, "n_devices": jax.device_count()}
   if args.checkpoint:
     model, params, tok = _load(args.checkpoint)
-    directory = benchmarks._default_synthetic_dir()  # pylint: disable=protected-access
+    directory = synthetic.cached_path()
     report["model"] = args.checkpoint
   else:
     started = time.perf_counter()
