@@ -1,5 +1,5 @@
 """The train loop: a run's metrics, checkpoints and exported model, exact resume after a kill
-and after SIGTERM, sharded training, a LoRA run's export."""
+and after SIGTERM (``loop.Preempted``), sharded training, a LoRA run's export."""
 
 import json
 import os
@@ -112,7 +112,11 @@ _RESUME_SCRIPT = textwrap.dedent("""
           os.kill(os.getpid(), signal.{sig})
         return saved
       loop.checkpointing.Checkpointer.save = save
-    loop.run(config, sys.argv[1])
+    try:
+      loop.run(config, sys.argv[1])
+    except loop.Preempted as e:
+      print("preempted", e.signal_name, e.outcome.status, e.outcome.step, e.outcome.total_steps)
+      sys.exit(75)
 """)
 
 
@@ -138,11 +142,13 @@ def test_exact_resume_after_kill_and_sigterm(small_dataset, tmp_path):
   assert not (killed / pretrained.RUN_EXPORT_DIR).exists()
   subprocess.run([sys.executable, kill9, killed, "0"], check=True, env=env, timeout=600)
 
-  # SIGTERM: a checkpoint of the state at that step, then a clean exit (resuming from it is the
-  # path checked after the kill -9 above).
+  # SIGTERM: a checkpoint of the state at that step, then ``Preempted`` saying so (resuming from
+  # it is the path checked after the kill -9 above).
   term = _resume_script(tmp_path, small_dataset, "SIGTERM")
-  stopped = subprocess.run([sys.executable, term, termed, "3"], env=env, timeout=600)
-  assert stopped.returncode == 0
+  stopped = subprocess.run([sys.executable, term, termed, "3"], env=env, timeout=600,
+                           capture_output=True, text=True)
+  assert stopped.returncode == 75, stopped.stderr
+  assert stopped.stdout.split() == ["preempted", "SIGTERM", "preempted", "4", "6"]
   assert (termed / "checkpoints" / "3").is_dir()
   assert not (termed / pretrained.RUN_EXPORT_DIR).exists()
 

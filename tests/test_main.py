@@ -1,5 +1,5 @@
 """``wmtp_jax.main``: the frozen models a pipeline needs are trained first; required keys; the
-report (process 0 only)."""
+report (process 0 only). How a job ends (exit statuses, report status, console): test_exits.py."""
 
 import json
 
@@ -16,7 +16,10 @@ def test_main_trains_critic_first_and_required_keys(small_dataset, tmp_path):
   config.critic.run.train.steps = 2
   report = main_lib.run(config, tmp_path)
   assert set(report) == {"critic", "verifiable"}
-  assert set(json.loads((tmp_path / "report.json").read_text())) == {"critic", "verifiable"}
+  written = json.loads((tmp_path / "report.json").read_text())
+  assert set(written) == {"status", "critic", "verifiable"} and written["status"] == "finished"
+  assert [written[k]["status"] for k in ("critic", "verifiable")] == ["finished", "finished"]
+  assert written["critic"]["model"] == str(tmp_path / "critic" / pretrained.RUN_EXPORT_DIR)
   assert pretrained.read_config(tmp_path / "critic" / pretrained.RUN_EXPORT_DIR).value_head == "mlp"
   with pytest.raises(ValueError, match=r"config\.init\.checkpoint is required"):
     main_lib.run(config_lib.load("verifiable", "7b"), tmp_path / "7b")

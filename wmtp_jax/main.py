@@ -4,7 +4,18 @@
 Runs one pipeline. Frozen models a pipeline needs (the ``verifiable`` critic, the ``rho1``
 reference) are trained first into ``WORKDIR/<name>`` when their ``checkpoint`` is empty; policy
 pipelines then report held-out pass@1 of the trained policy next to the untrained one
-(``config.evaluate``). Restarting the same command resumes where it stopped.
+(``config.evaluate``). Restarting the same command resumes where it stopped; restarting a finished
+job reports again (each phase's final metrics read back from its ``metrics.jsonl``).
+
+Exit status: 0 finished; 75 (``EX_TEMPFAIL``, "try again") stopped by SIGTERM or SIGINT (Ctrl-C):
+the running phase saved a checkpoint, no later phase started, and the same command resumes; 1
+failed. ``WORKDIR/report.json`` holds the job's ``status`` (``"finished"`` | ``"preempted"`` |
+``"failed"``, with the failure's one-line ``error``) and one entry per phase (``status``,
+``step`` of ``total_steps``, final ``metrics``, ``best``, ``model``; ``evaluation``: pass@1).
+The console shows this package's messages and the libraries' warnings; ``WORKDIR/log.txt`` has
+the full log (``training.console``). A known failure (full disk, permission denied, missing file,
+corrupt checkpoint, unknown config key, …: ``failures``) is one line naming its culprit, its
+traceback in the log; every job ends with a short summary, its status last.
 
 Multi-process (one process per host or per GPU; ``launch/`` has SLURM, TPU-pod and local
 launchers): ``--distributed`` initialises JAX's runtime from the environment (SLURM, TPU pods, …),
@@ -12,18 +23,21 @@ or ``--coordinator=HOST:PORT --num_processes=N --process_id=I`` explicitly; ever
 same command and sees all devices of all processes.
 """
 
+import dataclasses
 import json
 import logging
 import pathlib
+import signal
+import sys
 
 from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from wmtp_jax import eval as eval_lib
+from wmtp_jax import eval as eval_lib, failures
 from wmtp_jax.config import common as config_lib
 from wmtp_jax.eval import compare, interval
-from wmtp_jax.training import loop
+from wmtp_jax.training import console, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
                                           lock_config=True)
@@ -36,66 +50,203 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes (with --
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process (with --coordinator)")
 
 log = logging.getLogger("wmtp_jax")
+REPORT_FILE = "report.json"
+_STATUS = {failures.FINISHED: "finished", failures.PREEMPTED: "preempted",
+           failures.FAILED: "failed"}
 
 
-def train_prerequisites(config, workdir: pathlib.Path) -> dict:
+def train_prerequisites(config, workdir: pathlib.Path, report: dict | None = None) -> dict:
   """Train what ``config`` needs first into ``WORKDIR/<name>``: the frozen models (``critic``,
   ``reference``) whose ``checkpoint`` is empty, from their ``run`` configs, pointing
   ``checkpoint`` there; and the shared value head's pre-training stage, whose model the policy
-  run then starts from (``config.init.checkpoint``)."""
-  report = {}
+  run then starts from (``config.init.checkpoint``). Adds each phase's report to ``report`` (a new
+  dict by default) and returns it."""
+  report = {} if report is None else report
   for name in ("critic", "reference"):
     section = config.get(name)
     if section is not None and not section.checkpoint:
       log.info("no config.%s.checkpoint: training the %s first in %s", name, name, workdir / name)
-      report[name] = loop.run(section.run, workdir / name, phase=name)
+      _train(report, name, section.run, workdir / name)
       section.checkpoint = str(workdir / name)
   shared = config.get("shared_head")
   if shared is not None and shared.stage == "weighted":
     if not shared.checkpoint:
       log.info("no config.shared_head.checkpoint: pre-training the value head first in %s",
                workdir / "shared_head")
-      report["shared_head"] = loop.run(config_lib.shared_head_pretraining(config),
-                                        workdir / "shared_head", phase="shared_head")
+      _train(report, "shared_head", config_lib.shared_head_pretraining(config),
+             workdir / "shared_head")
       shared.checkpoint = str(workdir / "shared_head")
     config.init.checkpoint = shared.checkpoint
   return report
 
 
+def _train(report: dict, name: str, config, workdir: pathlib.Path, **kwargs) -> None:
+  """``report[name]``: the outcome of ``loop.train`` (``{"status": "started"}`` while it runs)."""
+  report[name] = {"status": "started"}
+  try:
+    report[name] = dataclasses.asdict(loop.train(config, workdir, phase=name, **kwargs))
+  except loop.Preempted as e:
+    report[name] = dataclasses.asdict(e.outcome)
+    raise
+
+
 def run(config, workdir: pathlib.Path) -> dict:
-  """Train ``config`` (and the frozen models it needs) in ``workdir``; returns the final report."""
+  """Train ``config`` (and the frozen models it needs) in ``workdir``; returns the report of each
+  phase. ``WORKDIR/report.json`` holds them with the job's status, also when a phase was stopped
+  (``loop.Preempted``: no later phase starts) or failed; the error is raised again."""
   if config.pipeline == "evaluate":
     return eval_lib.run(config, workdir)
-  config_lib.check_required(config)
-  report = train_prerequisites(config, workdir)
-  hooks = (interval.hook(config),) if config.evaluate.every_steps else ()
-  report[config.pipeline] = loop.run(config, workdir / config.pipeline, hooks=hooks)
-  if config.evaluate.enabled:
-    report["evaluation"] = compare.trained_vs_untrained(config, workdir / config.pipeline)
-  write_report(workdir, report)
-  return report
+  report, error = _run(config, workdir)
+  if error is not None:
+    raise error
+  return {k: v for k, v in report.items() if k != "status"}
+
+
+def _run(config, workdir: pathlib.Path) -> tuple[dict, BaseException | None]:
+  """``(the job's report, what stopped it or None)``; the report is written."""
+  phases: dict = {}
+  error = None
+  try:
+    config_lib.check_required(config)
+    train_prerequisites(config, workdir, phases)
+    hooks = (interval.hook(config),) if config.evaluate.every_steps else ()
+    _train(phases, config.pipeline, config, workdir / config.pipeline, hooks=hooks)
+    if config.evaluate.enabled:
+      phases["evaluation"] = {"status": "started"}
+      phases["evaluation"] = {"status": "finished", **compare.trained_vs_untrained(
+          config, workdir / config.pipeline)}
+    status = "finished"
+  except (loop.Preempted, KeyboardInterrupt) as e:
+    status, error = "preempted", e
+  except Exception as e:  # pylint: disable=broad-except  (reported, then raised again)
+    status, error = "failed", e
+  for phase in phases.values():
+    if phase.get("status") == "started":
+      phase["status"] = status
+  error_line = {"error": failures.one_line(error)} if status == "failed" else {}
+  report = {"status": status, **error_line, **phases}
+  try:
+    write_report(workdir, report)
+  except OSError as e:
+    if error is None:
+      raise
+    log.warning("%s not written: %s", workdir / REPORT_FILE, e, extra=console.FILE_ONLY)
+  return report, error
 
 
 def write_report(workdir: pathlib.Path, report: dict) -> None:
   """``WORKDIR/report.json``, written by process 0 only (every process holds the same report)."""
   if jax.process_index() == 0:
-    (workdir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / REPORT_FILE).write_text(json.dumps(report, indent=2, default=float))
+
+
+def run_job(config, workdir: pathlib.Path) -> int:
+  """``run`` as the command runs it; returns the exit status (``failures``). The console and
+  ``WORKDIR/log.txt`` are set up (``training.console``); outside the train loop (which saves a
+  checkpoint first) SIGTERM stops at once, as Ctrl-C does; a known failure is one line (its
+  traceback in log.txt), an unknown one also shows its traceback; a summary closes the job."""
+  workdir = pathlib.Path(workdir)
+  with console.logging_to(workdir) as log_path:
+    if jax.process_count() > 1:
+      log.info("process %d of %d: %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+    log.info("%s job in %s (log %s)", config.pipeline, workdir, log_path)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    report: dict = {}
+    try:
+      if config.pipeline == "evaluate":
+        eval_lib.run(config, workdir)
+      else:
+        report, error = _run(config, workdir)
+        if error is not None:
+          raise error
+      status = failures.FINISHED
+    except (loop.Preempted, KeyboardInterrupt) as e:
+      log.warning("%s; the same command resumes", e or "interrupted outside the train loop")
+      status = failures.PREEMPTED
+    except Exception as e:  # pylint: disable=broad-except  (the exit status says it)
+      if failures.describe(e):
+        log.error("traceback of the failure", exc_info=e, extra=console.FILE_ONLY)
+      else:
+        log.error("unexpected error", exc_info=e)
+      report.setdefault("error", failures.one_line(e))
+      status = failures.FAILED
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+    report.setdefault("status", _STATUS[status])
+    if jax.process_index() == 0:
+      *lines, last = console.summary(report, workdir / REPORT_FILE, log_path)
+      for line in lines:
+        log.info("%s", line)
+      log.log({failures.FINISHED: logging.INFO, failures.PREEMPTED: logging.WARNING}.get(
+          status, logging.ERROR), "%s", last)
+  return status
+
+
+def _interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with an unknown ``--config.<key>`` told in one line (ml_collections
+  raises an ``AttributeError`` / ``KeyError`` whose repr garbles its "Did you mean")."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, OSError):
+    path = _flag_value(argv, "config")
+    if path is None:
+      raise
+    config = flags.FLAGS["config"].parser.parse(path)
+    try:
+      config.get("pipeline")
+    except OSError as load_error:
+      _exit_with(_load_error(path.split(":")[0], load_error))
+    for arg in argv[1:]:
+      if arg.startswith("--config."):
+        line = failures.unknown_config_key(config, arg[len("--config."):].partition("=")[0])
+        if line:
+          _exit_with(line)
+    raise
+
+
+def _load_error(path: str, error: OSError) -> str:
+  """One line for a config file ml_collections could not load (``error``: its deferred error)."""
+  if not pathlib.Path(path).is_file():
+    return f"config file not found: {path}"
+  return f"config file {path} not loaded: {failures.one_line(error.__cause__ or error)}"
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      return arg.partition("=")[2]
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _exit_with(line: str) -> None:
+  print(f"python -m wmtp_jax.main: error: {line}", file=sys.stderr)
+  sys.exit(failures.FAILED)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/<pipeline>.py is required")
+  try:
+    pipeline = config.pipeline
+  except OSError as e:  # ml_collections defers a config file's load error to the first access
+    _exit_with(_load_error(config_flags.get_config_filename(flags.FLAGS["config"]), e))
   if _COORDINATOR.value or _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    log.info("process %d of %d: %d local / %d global devices", jax.process_index(),
-             jax.process_count(), jax.local_device_count(), jax.device_count())
-  workdir = pathlib.Path(_WORKDIR.value or f"runs/{config.pipeline}-{config.variant}")
-  run(config, workdir)
+  workdir = pathlib.Path(_WORKDIR.value or f"runs/{pipeline}-{config.variant}")
+  sys.exit(run_job(config, workdir))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -2,7 +2,8 @@
 
 A run directory ``WORKDIR`` holds::
 
-    config.json                 the resolved config of the run (a different config is an error)
+    config.json                 the resolved config of the run (once a checkpoint exists, a
+                                different config is an error)
     checkpoints/<step>/state    train state: params, optimizer state, step, RNG, EMA statistics …
     checkpoints/<step>/data     the Grain iterator state (one file per process; restorable in
                                 another process count, see ``Checkpointer.restore``)
@@ -36,13 +37,15 @@ CONFIG_FILE = "config.json"
 
 
 def check_run_config(workdir: pathlib.Path, config: dict[str, Any], *, ignore=("workdir",)) -> None:
-  """Write ``WORKDIR/config.json`` on the first run; on a restart, the same config is required.
+  """Write ``WORKDIR/config.json``; once the run has a checkpoint, a restart needs the same config.
 
-  Raises ``ValueError`` naming the differing keys (before anything is compiled or overwritten).
+  A ``config.json`` without a checkpoint beside it (a start that failed before its first
+  checkpoint) binds nothing: it is replaced, so the corrected command runs. Raises ``ValueError``
+  naming the differing keys (before anything is compiled or overwritten).
   """
   path = workdir / CONFIG_FILE
   flat_new = _flatten(config)
-  if path.exists():
+  if path.exists() and _has_checkpoint(workdir):
     flat_old = _flatten(json.loads(path.read_text()))
     differ = sorted(k for k in set(flat_old) | set(flat_new)
                     if k.split(".")[0] not in ignore and flat_old.get(k) != flat_new.get(k))
@@ -56,6 +59,12 @@ def check_run_config(workdir: pathlib.Path, config: dict[str, Any], *, ignore=("
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     tmp.replace(path)
+
+
+def _has_checkpoint(workdir: pathlib.Path) -> bool:
+  """Whether ``WORKDIR/checkpoints`` holds a checkpoint (a step directory, intact or not)."""
+  directory = workdir / "checkpoints"
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def _flatten(tree, prefix=""):
@@ -80,14 +89,12 @@ class Checkpointer:
                                      reverse=best_mode == "min", n=1,
                                      keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every_steps, preservation_policy=policies.AnyPreservationPolicy(preserve),
+        save_interval_steps=every_steps,
+        preservation_policy=policies.AnyPreservationPolicy(preserve),
         enable_async_checkpointing=False)
     self.directory = (workdir / "checkpoints").absolute()
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data"))
-
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
 
   def save(self, step: int, state, data_iterator, *, metrics: dict[str, float] | None = None,
            force: bool = False) -> bool:
@@ -110,8 +117,9 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         if not integrity.verify(self.directory / str(step), required=False):
-          log.warning("%s has no %s (an older version wrote it, or the run stopped before its checksums): restored unchecked",
-                      self.directory / str(step), integrity.MANIFEST)
+          log.warning("%s has no %s (an older version wrote it, or the run stopped before its "
+                      "checksums): restored unchecked", self.directory / str(step),
+                      integrity.MANIFEST)
         return step, self.restore(step, abstract_state, data_iterator, num_indices=num_indices)
       except (integrity.CorruptCheckpointError, OSError, ValueError) as e:
         cause = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -1,16 +1,19 @@
 """The one train loop, shared by every pipeline; pipelines differ only in their ``Objective``.
 
-Phases of ``run(config, workdir)``:
+Phases of ``train(config, workdir)`` (``run``: its final metrics):
   1. set-up: objective, mesh + logical rules, run-config check, data;
   2. abstract-first init (``training.state.build_state``): ``eval_shape`` → shardings from the
      rules → ``jit(init, out_shardings)`` (or a pretrained / another run's checkpoint restored into
      those shardings); split into trainable and frozen parameters; LoRA adapters; optimizer state
      for the trainable part only;
-  3. restore the latest checkpoint of ``workdir`` if there is one (exact resume);
+  3. restore the newest intact checkpoint of ``workdir`` if there is one (exact resume;
+     ``Checkpointer.restore_latest`` sets damaged ones aside); a finished run, started again,
+     returns what it returned when it finished, read back from its ``metrics.jsonl``;
   4. compile the step (donated state) and report its memory per device (log and metrics.jsonl);
   5. loop: batch → step → (one step later) metrics → validation → the caller's hooks (e.g.
-     held-out pass@1, ``eval.interval``) → checkpoint; SIGTERM saves and stops; too many
-     non-finite steps in a row stop the run with an error.
+     held-out pass@1, ``eval.interval``) → checkpoint; SIGTERM or SIGINT (Ctrl-C) saves a
+     checkpoint at the step boundary and raises ``Preempted`` (a second Ctrl-C interrupts at
+     once); too many non-finite steps in a row stop the run with an error.
 
 The host does not wait for the device at every step: it dispatches step t+1, then fetches and
 logs the metrics of step t (and checks its non-finite streak), then prepares batch t+2 while the
@@ -49,19 +52,49 @@ def _abstract_like(tree):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """How a phase ended: ``status`` ``"finished"`` or ``"preempted"`` at ``step`` of
+  ``total_steps``, with its final ``metrics`` (what ``run`` returns), the ``best`` logged value of
+  ``config.checkpoint.best_metric`` (``metrics_log.best``: ``{"metric", "value", "step"}``) and,
+  once finished, the exported ``model`` directory. Read from ``metrics.jsonl``, which process 0
+  writes: ``best`` is ``None`` on the other processes."""
+  status: str
+  step: int
+  total_steps: int
+  metrics: dict[str, float]
+  best: dict | None
+  model: str | None
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT stopped ``phase`` after the checkpoint of ``outcome.step``: the job stops
+  (``wmtp_jax.main`` exits with ``failures.PREEMPTED``) and the same command resumes it."""
+
+  def __init__(self, phase: str, signal_name: str, outcome: Outcome):
+    super().__init__(f"{phase}: {signal_name} stopped it after step {outcome.step} of "
+                     f"{outcome.total_steps}")
+    self.phase, self.signal_name, self.outcome = phase, signal_name, outcome
+
+
 class _Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and stops."""
+  """SIGTERM or SIGINT sets a flag (``signal``: its name); the loop saves a checkpoint at the next
+  step boundary and stops. A second SIGINT interrupts at once (``KeyboardInterrupt``)."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.signal: str | None = None
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.signal is not None:
+      raise KeyboardInterrupt
+    self.signal = signal.Signals(signum).name
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      if handler is not None:
+        signal.signal(signum, handler)
 
 
 class _StepClock:
@@ -109,9 +142,15 @@ class _Pending:
 
 def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
         hooks: Sequence[Hook] = ()) -> dict[str, float]:
+  """The final metrics of ``train(config, workdir, phase=phase, hooks=hooks)``."""
+  return train(config, workdir, phase=phase, hooks=hooks).metrics
+
+
+def train(config, workdir: str | pathlib.Path, *, phase: str | None = None,
+          hooks: Sequence[Hook] = ()) -> Outcome:
   """Train ``config`` in ``workdir`` (resuming if it holds a checkpoint), running ``hooks`` after
-  the steps where they are due; returns the final metrics. ``phase`` (default: the pipeline)
-  prefixes the tensorboard tags."""
+  the steps where they are due; returns how it finished. ``phase`` (default: the pipeline)
+  prefixes the tensorboard tags. Raises ``Preempted`` when SIGTERM or SIGINT stopped it."""
   workdir = pathlib.Path(workdir)
   phase = phase or config.pipeline
   # 1. Set-up.
@@ -130,18 +169,28 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
 
   # 3. Resume.
   iterator = iter(data.train)
-  start = checkpointer.latest_step()
+  start, restored = checkpointer.restore_latest(_abstract_like(state), iterator,
+                                                num_indices=data.examples_per_epoch)
   if start is not None:
-    state = checkpointer.restore(start, _abstract_like(state), iterator,
-                                 num_indices=data.examples_per_epoch)
+    state = restored
     log.info("resumed %s from step %d", workdir, start)
   start = int(start or 0)
+  outcome = lambda status, step, metrics: _outcome(status, config, workdir, step, total_steps,
+                                                   metrics)
+  if start >= total_steps:  # finished before: export if that was cut short, report again
+    try:
+      export_model(context, state, frozen, workdir / pretrained.RUN_EXPORT_DIR, data.tokenizer)
+    finally:
+      checkpointer.close()
+    log.info("%s: finished before, at step %d; its final metrics are read back", workdir, start)
+    return outcome("finished", start, metrics_log.final_metrics(workdir, start))
 
   # 4. Compile.
   to_device = lambda b: data.to_global(b, context.batch_sharding)
   first = to_device(next(iterator))
   step_fn, eval_fn, memory = compile_steps(context, config, state, frozen, first)
-  logger = metrics_log.MetricsLogger(workdir, phase=phase, total_steps=total_steps)
+  logger = metrics_log.MetricsLogger(workdir, phase=phase, total_steps=total_steps,
+                                     start_step=start)
   if memory:
     logger.write(start, memory)
   peak = flops.peak_flops(config.train.peak_flops, objective.model.cfg.dtype)
@@ -164,8 +213,8 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
         if pending is not None:  # the previous step's metrics, fetched while this one runs
           last = log_step(pending)
         pending = _Pending(step, metrics, *_tokens_shape(batch))
-        stop = preemption.requested  # read once: the checkpoint and the stop agree
-        force = step == total_steps or stop
+        stop = preemption.signal  # read once: the checkpoint and the stop agree
+        force = step == total_steps or stop is not None
         val = None
         if config.train.eval_every and (step % config.train.eval_every == 0 or step == total_steps):
           pending.check_finite(config)
@@ -187,7 +236,7 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
           if saved:
             logger.write(step, {"time/checkpoint_s": seconds})
         if stop:
-          log.warning("SIGTERM: checkpoint at step %d %s; stopping", step,
+          log.warning("%s: checkpoint at step %d %s; stopping", stop, step,
                       "written" if saved else "not written")
           break
         if step < total_steps:
@@ -200,7 +249,18 @@ def run(config, workdir: str | pathlib.Path, *, phase: str | None = None,
     preemption.restore()
     checkpointer.close()
     logger.close()
-  return last
+  if step < total_steps:
+    raise Preempted(phase, preemption.signal, outcome("preempted", step, last))
+  return outcome("finished", step, last)
+
+
+def _outcome(status: str, config, workdir: pathlib.Path, step: int, total_steps: int,
+             metrics: dict[str, float]) -> Outcome:
+  best_metric = config.checkpoint.best_metric
+  best = (metrics_log.best(workdir, best_metric, config.checkpoint.best_mode) if best_metric
+          else None)
+  model = str(workdir / pretrained.RUN_EXPORT_DIR) if status == "finished" else None
+  return Outcome(status, step, total_steps, metrics, best, model)
 
 
 def run_steps(config, examples_per_epoch: int) -> int:

@@ -2,15 +2,17 @@
 
 Only process 0 writes. ``metrics.jsonl`` gets one JSON object per logged step
 (``{"step": …, "phase": …, "<name>": value, …}``), appended and flushed, so a crash loses nothing
-already logged. Vector metrics (per-head losses) are logged as ``name/0``, ``name/1`` …
-Histograms (``histogram(counts, upper)`` in a metrics dict) go to tensorboard only.
+already logged; a run resumed at step k first drops the rows it will write again (those after k),
+so every step is logged once. Vector metrics (per-head losses) are logged as ``name/0``,
+``name/1`` … Histograms (``histogram(counts, upper)`` in a metrics dict) go to tensorboard only.
+``final_metrics`` and ``best`` read a run's ``metrics.jsonl`` back.
 """
 
+import contextlib
 import json
 import logging
 import math
 import pathlib
-import sys
 import time
 
 import jax
@@ -46,10 +48,15 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
   return out
 
 
-class MetricsLogger:
-  """Scalars and histograms of one phase of a run (``phase`` prefixes the tensorboard tags)."""
+METRICS_FILE = "metrics.jsonl"
+_MEMORY = "memory/"  # the compiled step's memory, logged at the step a run (re)starts from
 
-  def __init__(self, workdir: pathlib.Path, *, phase: str, total_steps: int):
+
+class MetricsLogger:
+  """Scalars and histograms of one phase of a run (``phase`` prefixes the tensorboard tags),
+  started (or resumed) after step ``start_step``."""
+
+  def __init__(self, workdir: pathlib.Path, *, phase: str, total_steps: int, start_step: int = 0):
     self.phase, self.total_steps = phase, total_steps
     self.primary = jax.process_index() == 0
     self._start = time.time()
@@ -57,8 +64,9 @@ class MetricsLogger:
     if self.primary:
       import tensorboardX  # pylint: disable=import-outside-toplevel  (only the writer needs it)
       workdir.mkdir(parents=True, exist_ok=True)
+      _drop_rows_after(workdir / METRICS_FILE, start_step)
       self._tb = tensorboardX.SummaryWriter(str(workdir / "tb"))
-      self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
+      self._jsonl = open(workdir / METRICS_FILE, "a", buffering=1)
 
   def write(self, step: int, scalars: dict[str, float],
             histograms: dict[str, tuple[np.ndarray, float]] | None = None):
@@ -91,13 +99,62 @@ class MetricsLogger:
     eta = (self.total_steps - step) * elapsed / done if done > 0 else float("nan")
     shown = " ".join(f"{k}={scalars[k]:.4g}" for k in ("loss", "unweighted", "grad_norm",
                                                        "tokens_per_s") if k in scalars)
-    print(f"[{self.phase}] step {step}/{self.total_steps} {shown} eta {_duration(eta)}",
-          file=sys.stderr, flush=True)
+    log.info("[%s] step %d/%d %s eta %s", self.phase, step, self.total_steps, shown,
+             _duration(eta))
 
   def close(self) -> None:
     if self.primary:
       self._tb.close()
       self._jsonl.close()
+
+
+def _read(path: pathlib.Path) -> list[dict]:
+  """The rows of ``path``, less a last line cut short (a kill or a full disk while writing it)."""
+  if not path.is_file():
+    return []
+  lines = path.read_text().splitlines()
+  rows = [json.loads(line) for line in lines[:-1] if line.strip()]
+  with contextlib.suppress(json.JSONDecodeError):
+    rows += [json.loads(line) for line in lines[-1:] if line.strip()]
+  return rows
+
+
+def _drop_rows_after(path: pathlib.Path, step: int) -> None:
+  """Drop the rows of ``path`` a run resumed at ``step`` writes again: those after ``step`` and
+  the memory row at ``step`` (a fresh start is a resume at step 0); and a last line cut short."""
+  rows = _read(path)
+  kept = [r for r in rows if r["step"] < step or (r["step"] == step and
+                                                   not any(k.startswith(_MEMORY) for k in r))]
+  written = sum(1 for l in path.read_text().splitlines() if l.strip()) if path.is_file() else 0
+  if len(kept) == written:
+    return
+  log.info("%s: dropped %d rows past step %d (logged before the resume)", path,
+           written - len(kept), step)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+  tmp.replace(path)
+
+
+def final_metrics(workdir: pathlib.Path, step: int) -> dict[str, float]:
+  """The metrics ``training.loop.run`` returned when the run of ``workdir`` ended at ``step``: every
+  value logged at ``step`` but the durations (``time/…``) and memory, as floats."""
+  values: dict[str, float] = {}
+  for row in _read(workdir / METRICS_FILE):
+    if row["step"] == step:
+      values.update({k: float(v) for k, v in row.items() if k not in ("step", "phase")
+                     and not k.startswith(("time/", _MEMORY))})
+  return values
+
+
+def best(workdir: pathlib.Path, metric: str, mode: str) -> dict | None:
+  """``{"metric", "value", "step"}`` of the best (``mode`` ``min`` | ``max``) finite value of
+  ``metric`` in ``workdir``'s ``metrics.jsonl``; ``None`` if it was never logged."""
+  logged = [(float(r[metric]), r["step"]) for r in _read(workdir / METRICS_FILE) if metric in r]
+  logged = [(v, s) for v, s in logged if math.isfinite(v)]
+  if not logged:
+    return None
+  value, step = (min if mode == "min" else max)(logged, key=lambda vs: vs[0])
+  return {"metric": metric, "value": value, "step": step}
 
 
 def _duration(seconds: float) -> str:
