@@ -112,8 +112,9 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state, data_iterator, *, num_indices: int):
     """``(step, state)`` from the newest intact checkpoint, or ``(None, None)`` when there is
-    none. Damaged checkpoints are moved aside (one warning each, naming the cause); checkpoints
-    written before manifests existed are restored unchecked."""
+    none. Checkpoints that fail their checksums are moved aside (one warning each, naming the
+    cause); an error that is not damage (e.g. a state of another shape) is raised, never taken for
+    damage; checkpoints written before manifests existed are restored unchecked."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         if not integrity.verify(self.directory / str(step), required=False):
@@ -121,9 +122,8 @@ class Checkpointer:
                       "checksums): restored unchecked", self.directory / str(step),
                       integrity.MANIFEST)
         return step, self.restore(step, abstract_state, data_iterator, num_indices=num_indices)
-      except (integrity.CorruptCheckpointError, OSError, ValueError) as e:
-        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
-        self._set_aside(step, cause)
+      except integrity.CorruptCheckpointError as e:  # damage only: any other error is raised
+        self._set_aside(step, str(e).splitlines()[0])
     return None, None
 
   def _set_aside(self, step: int, cause: str) -> None:
