@@ -96,6 +96,9 @@ def _job(tmp_path, small_dataset, pipeline, workdir, sig="SIGTERM", phase="", at
                         timeout=900, capture_output=True, text=True)
 
 
+# slow: the SIGINT subprocess test below covers exit status 75 through main, and
+# test_loop.py::test_exact_resume_after_kill_and_sigterm covers SIGTERM's checkpoint and resume.
+@pytest.mark.slow
 def test_sigterm_stops_with_status_75_and_the_next_run_resumes(small_dataset, tmp_path):
   """SIGTERM while step 2 is logged (step 3 runs): checkpoint of step 3, exit 75 (was 0), a report
   saying so; the same command then finishes, with every step logged once."""

@@ -245,6 +245,10 @@ def main(argv) -> None:
   if _COORDINATOR.value or _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   workdir = pathlib.Path(_WORKDIR.value or f"runs/{pipeline}-{config.variant}")
+  try:  # a missing required key stops the job before anything (log.txt …) is written
+    config_lib.check_required(config)
+  except ValueError as e:
+    _exit_with(str(e))
   sys.exit(run_job(config, workdir))
 
 
