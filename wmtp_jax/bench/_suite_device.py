@@ -3,12 +3,11 @@ measured) and the attention kernel the models run on it."""
 
 import os
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from wmtp_jax.bench import step as step_bench
 from wmtp_jax.models import layers
 from wmtp_jax.training import flops
 
@@ -72,13 +71,7 @@ def peak(budget, out: dict, *, matmul_n: int, repeats: int, override: float | No
 
 def _fwd_bwd_seconds(fn, args, repeats: int) -> float:
   grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32)), argnums=(0, 1, 2)))
-  jax.block_until_ready(grad(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(grad(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return step_bench.median_seconds(grad, *args, repeats=repeats)
 
 
 def attention(budget, out: dict, *, batch: int, seq: int, n_heads: int, n_kv_heads: int,

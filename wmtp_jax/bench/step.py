@@ -63,7 +63,8 @@ def _batch(config, batch: int, seq: int, seed: int = 0):
   return jax.tree_util.tree_map(jnp.asarray, host_batch(config, batch, seq, seed))
 
 
-def _time(fn, *args, repeats: int) -> float:
+def median_seconds(fn, *args, repeats: int) -> float:
+  """Median wall seconds of ``fn(*args)`` over ``repeats`` calls after one warm-up call."""
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -83,7 +84,7 @@ def step_seconds(step_fn, state, frozen, batch, repeats: int):
     holder["state"], metrics = step_fn(holder["state"], frozen, batch)
     return metrics
 
-  return _time(one_step, repeats=repeats), holder["state"]
+  return median_seconds(one_step, repeats=repeats), holder["state"]
 
 
 def _parts(context, state, frozen, batch, repeats: int) -> dict[str, float]:
@@ -118,10 +119,10 @@ def _parts(context, state, frozen, batch, repeats: int) -> dict[str, float]:
     return optax.apply_updates(trainable, updates), opt_state
 
   return {
-      "critic_forward_s": _time(critic_fwd, frozen.models["critic"], batch, repeats=repeats),
-      "weighting_s": _time(weights, values, state.aux["ema"], repeats=repeats),
-      "policy_forward_backward_s": _time(policy_fb, state.trainable, repeats=repeats),
-      "optimizer_s": _time(optimizer, grads, state.opt_state, state.trainable, repeats=repeats),
+      "critic_forward_s": median_seconds(critic_fwd, frozen.models["critic"], batch, repeats=repeats),
+      "weighting_s": median_seconds(weights, values, state.aux["ema"], repeats=repeats),
+      "policy_forward_backward_s": median_seconds(policy_fb, state.trainable, repeats=repeats),
+      "optimizer_s": median_seconds(optimizer, grads, state.opt_state, state.trainable, repeats=repeats),
   }
 
 
