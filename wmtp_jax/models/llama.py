@@ -158,6 +158,15 @@ class LlamaForCausalLM(nn.Module):
     return nn.with_logical_constraint(logits_BxSxV, ("batch", "length", "vocab"))
 
 
+def unembedding_DxV(params):
+  """The output projection ``[D, V]`` of a ``LlamaForCausalLM``'s params: ``lm_head/kernel``, or
+  for tied input/output embeddings (``tie_word_embeddings``: no ``lm_head``) the transposed
+  embedding table ``model/embed_tokens/embedding [V, D]``."""
+  if "lm_head" in params:
+    return params["lm_head"]["kernel"]
+  return params["model"]["embed_tokens"]["embedding"].T
+
+
 class ValueHead(nn.Module):
   """Value head on final-normed hidden states ``[..., D]`` → ``[...]``, computed in fp32.
 

@@ -4,6 +4,7 @@ Shapes follow the package legend (the ``wmtp_jax`` docstring); here ``E`` is the
 model output: ``V`` for logits, ``D`` for hidden states.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -61,13 +62,14 @@ def n_valid_per_head(batch, n: int):
   return valid_BxSxn.sum(axis=(0, 1), dtype=jnp.int32)
 
 
-def lm_terms(apply, params, batch, *, unembedding_path: tuple[str, ...], n: int, loss_cfg,
-             multi_head: bool, **model_kwargs):
+def lm_terms(apply, params, batch, *, unembedding: Callable, n: int, loss_cfg, multi_head: bool,
+             **model_kwargs):
   """Per-term cross-entropy of a language model on the batch's labels.
 
   ``multi_head``: the model returns ``[B, S, n, ·]`` (MTP) rather than ``[B, S, ·]`` (LLaMA, n=1).
   With ``loss_cfg.memory_efficient`` the model returns final-normed hidden states and the CE is
-  computed blockwise against the unembedding at ``unembedding_path`` (never ``[B, S, n, V]``).
+  computed blockwise against ``unembedding(params)``, the output projection ``[D, V]`` (never
+  ``[B, S, n, V]``; e.g. ``llama.unembedding_DxV``, which also serves tied embeddings).
   ``model_kwargs`` that make the model return extra outputs (``return_values=True``) append them.
 
   Returns:
@@ -80,10 +82,7 @@ def lm_terms(apply, params, batch, *, unembedding_path: tuple[str, ...], n: int,
   out_BxSxnxE = out if multi_head else out[:, :, None, :]
   targets_BxSxn, valid_BxSxn = losses.mtp_targets(batch["labels"], batch["attention_mask"], n)
   if loss_cfg.memory_efficient:
-    unembedding = params
-    for key in unembedding_path:
-      unembedding = unembedding[key]
-    ce_BxSxn = losses.hidden_token_ce(out_BxSxnxE, unembedding, targets_BxSxn,
+    ce_BxSxn = losses.hidden_token_ce(out_BxSxnxE, unembedding(params), targets_BxSxn,
                                       vocab_block=loss_cfg.vocab_block,
                                       token_block=loss_cfg.token_block)
   else:

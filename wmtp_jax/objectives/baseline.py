@@ -19,8 +19,8 @@ class PolicyObjective(base.Objective):
 
   def policy_terms(self, params, apply, batch, **model_kwargs):
     """``(ce [B, S, n], valid [B, S, n], *extra model outputs)`` (``base.lm_terms``)."""
-    return base.lm_terms(apply, params, batch, unembedding_path=("output", "kernel"), n=self.n,
-                         loss_cfg=self.config.loss, multi_head=True, **model_kwargs)
+    return base.lm_terms(apply, params, batch, unembedding=lambda p: p["output"]["kernel"],
+                         n=self.n, loss_cfg=self.config.loss, multi_head=True, **model_kwargs)
 
 
 class Baseline(PolicyObjective):

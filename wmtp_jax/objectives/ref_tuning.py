@@ -1,6 +1,6 @@
 """``ref_tuning``: next-token SFT of the reference LLaMA on correct solutions (for ``rho1``)."""
 
-from wmtp_jax.models import presets
+from wmtp_jax.models import llama, presets
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.objectives import base
 
@@ -17,7 +17,7 @@ class RefTuning(base.Objective):
 
   def loss(self, params, apply, frozen, batch, norms, aux, rng):
     ce_BxSx1, valid_BxSx1 = base.lm_terms(apply, params, batch,
-                                          unembedding_path=("lm_head", "kernel"), n=1,
+                                          unembedding=llama.unembedding_DxV, n=1,
                                           loss_cfg=self.config.loss, multi_head=False)
     loss, metrics = base.weighted_ce(ce_BxSx1, valid_BxSx1, None, norms)
     return loss, (metrics, {})

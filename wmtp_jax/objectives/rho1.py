@@ -10,7 +10,7 @@ valid terms per head by excess (``mode`` ``signed`` | ``absolute`` | ``difficult
 import jax
 
 from wmtp_jax import weighting
-from wmtp_jax.models import presets
+from wmtp_jax.models import llama, presets
 from wmtp_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from wmtp_jax.objectives import base
 from wmtp_jax.objectives.baseline import PolicyObjective
@@ -41,7 +41,7 @@ class Rho1(PolicyObjective):
     reference = self.frozen_models["reference"]
     ref_apply = lambda p, *args, **kw: reference.apply({"params": p}, *args, **kw)
     ref_ce_BxSx1, _ = base.lm_terms(ref_apply, frozen["reference"], batch,
-                                    unembedding_path=("lm_head", "kernel"), n=1,
+                                    unembedding=llama.unembedding_DxV, n=1,
                                     loss_cfg=self.config.loss, multi_head=False)
     ref_ce_BxS = jax.lax.stop_gradient(ref_ce_BxSx1[..., 0])
     ce_BxSxn, valid_BxSxn = self.policy_terms(params, apply, batch)
