@@ -42,10 +42,11 @@ def mtp_model(size: str, **overrides) -> dict:
 
   ``remat``: none | full | dots_saveable | … (``layers.REMAT_POLICIES``), a memory lever.
   ``scan_layers``: the trunk as one nn.scan loop (compile time ~independent of depth; pair with
-  remat; checkpoints stay per-layer; not with LoRA).
+  remat; checkpoints stay per-layer; not with LoRA). ``train_heads``: train and weight only the
+  first n′ heads (0 = all; the horizon ablation).
   """
   return presets.mtp(size, dtype="float32" if size == "tiny" else "bfloat16", remat="none",
-                     scan_layers=False, **overrides)
+                     scan_layers=False, train_heads=0, **overrides)
 
 
 def llama_model(size: str, **overrides) -> dict:

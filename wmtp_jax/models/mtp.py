@@ -42,6 +42,10 @@ class MTPConfig:
   heads stay separate blocks), which bounds compile time in the depth; the trunk params are then
   one subtree ``trunk/…`` ``[n_trunk_layers, …]`` instead of ``trunk_{i}/…`` (checkpoints on disk
   keep the per-layer layout, ``wmtp_jax.models.scan_layout``). Outputs are the same.
+  ``train_heads``: how many of the heads the policy objectives train and weight (the first
+  ``train_heads``; 0 = all ``n_future_tokens``), for the horizon ablation. The model always has,
+  and by default runs, all heads; the objectives call it with ``heads=train_heads``, so the heads
+  beyond are not computed and get no gradient.
   """
   dim: int = 4096
   n_layers: int = 32
@@ -61,6 +65,7 @@ class MTPConfig:
   value_head: str = ""  # "" (none) or a ``llama.VALUE_HEADS`` kind on the trunk output
   value_head_dropout: float = 0.0
   value_head_bias_init: float = 0.0
+  train_heads: int = 0
 
   def __post_init__(self):
     layers.block_class(self.remat)  # validates the name
@@ -69,6 +74,9 @@ class MTPConfig:
     if not 1 <= self.n_future_tokens <= self.n_layers:
       raise ValueError(f"n_future_tokens={self.n_future_tokens} must be in [1, n_layers="
                        f"{self.n_layers}]")
+    if not 0 <= self.train_heads <= self.n_future_tokens:
+      raise ValueError(f"train_heads={self.train_heads} (config.model.train_heads) must be in "
+                       f"[0, n_future_tokens={self.n_future_tokens}]; 0 trains all heads")
     self.block  # validates the block shapes
 
   @property
