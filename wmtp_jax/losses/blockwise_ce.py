@@ -174,3 +174,38 @@ def blockwise_token_ce(hidden_MxD, unembedding_DxV, targets_M, *,
   vocab_block = max(1, min(vocab_block, vocab_size))
   return _token_ce(hidden_MxD, unembedding_DxV, jnp.asarray(targets_M, jnp.int32), token_block,
                    vocab_block)
+
+
+def blockwise_argmax(hidden_MxD, unembedding_DxV, *, vocab_block: int = DEFAULT_VOCAB_BLOCK,
+                     token_block: int = DEFAULT_TOKEN_BLOCK):
+  """``argmax_v(hidden @ unembedding)`` per token without materialising the ``[M, V]`` logits.
+
+  The same tiling as ``blockwise_token_ce`` (token blocks of T, vocabulary blocks of C with a
+  running maximum); the first maximum wins on ties, as ``jnp.argmax``. Not differentiable (an
+  index); inputs as in ``blockwise_token_ce``.
+
+  Returns:
+    ``[M]`` int32 token ids.
+  """
+  check_rank("hidden_MxD", hidden_MxD, (2,))
+  check_rank("unembedding_DxV", unembedding_DxV, (2,))
+  check_dim("hidden_MxD", hidden_MxD, 1, "unembedding_DxV", unembedding_DxV, 0)
+  n_tokens, vocab_size = hidden_MxD.shape[0], unembedding_DxV.shape[1]
+  token_block = max(1, min(token_block, n_tokens))
+  vocab_block = max(1, min(vocab_block, vocab_size))
+
+  def token_block_argmax(h_TxD):
+    def vocab_step(carry, start, size):
+      max_T, arg_T = carry
+      logits_TxC, _ = _block_logits(h_TxD, unembedding_DxV, start, size)
+      block_max_T = logits_TxC.max(axis=-1)
+      better_T = block_max_T > max_T  # strictly: an earlier block keeps a tie
+      return (jnp.where(better_T, block_max_T, max_T),
+              jnp.where(better_T, start + jnp.argmax(logits_TxC, axis=-1).astype(jnp.int32),
+                        arg_T))
+
+    init = (jnp.full((token_block,), -jnp.inf, jnp.float32), jnp.zeros((token_block,), jnp.int32))
+    return _fold_vocab(vocab_step, init, vocab_size, vocab_block)[1]
+
+  arg_GxT = lax.map(token_block_argmax, _pad_tokens(hidden_MxD, token_block))
+  return arg_GxT.reshape(-1)[:n_tokens]
