@@ -1,5 +1,6 @@
 """Tests of wmtp_jax.data.pipeline: shuffling, sharding, drops, checkpoints, pairs, workers."""
 
+import copy
 import functools
 import json
 import re
@@ -41,9 +42,9 @@ def env(tmp_path_factory):
                                max_len=max_len, fits=lengths <= max_len)
 
 
-def _dataset(env, indices, **kwargs):
+def _dataset(env, indices, tokenizer=None, **kwargs):
   args = dict(batch_size=8, max_len=env.max_len, seed=0, num_epochs=1, drop_remainder=False)
-  return pipeline.make_dataset(env.store, indices, env.tokenizer, **(args | kwargs))
+  return pipeline.make_dataset(env.store, indices, tokenizer or env.tokenizer, **(args | kwargs))
 
 
 def _ids(env, batch, prefix=""):
@@ -246,3 +247,24 @@ def test_span_masks_are_carried_through(small_dataset):
             assert not mask[r, len(example):].any()
       n += len(batch["dropped_before"])
     assert any(batch[prefixes[-1] + "mutated_mask"].any() for batch in batches)
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(env):
+  """LLaMA-3 tokenizers have no pad token: rows are padded with eos (the reference's pad = eos),
+  everything but the padded token ids is as with a pad token; neither token is an error."""
+  tok = copy.deepcopy(env.tokenizer)
+  tok.pad_token = None
+  assert tok.pad_token_id is None and tok.eos_token_id is not None
+  assert env.tokenizer.pad_token_id != tok.eos_token_id
+  indices = np.flatnonzero(env.fits)[:16]
+  with_pad = next(iter(_dataset(env, indices, shuffle=False)))
+  without = next(iter(_dataset(env, indices, tokenizer=tok, shuffle=False)))
+  padding = with_pad["attention_mask"] == 0
+  assert padding.any()
+  np.testing.assert_array_equal(without["tokens"][padding], tok.eos_token_id)
+  np.testing.assert_array_equal(without["tokens"][~padding], with_pad["tokens"][~padding])
+  for key in with_pad.keys() - {"tokens"}:
+    np.testing.assert_array_equal(without[key], with_pad[key], err_msg=key)
+  tok.eos_token = None
+  with pytest.raises(ValueError, match="neither a pad nor an eos token"):
+    pipeline.pad_id(tok)
