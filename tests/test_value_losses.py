@@ -61,25 +61,44 @@ def test_pairwise_ranking_loss_matches_loop():
 
 @pytest.mark.parametrize("kind", ["mse", "huber"])
 def test_lambda_return_value_loss_matches_loop(kind):
+  """Per-sequence mean, then the mean over sequences with a token (the reference's)."""
   rng = np.random.default_rng(9)
   values, mask = _critic_batch(rng)
   targets = rng.normal(size=values.shape).astype(np.float32)
   delta = 0.5
-  total, count = 0.0, 0.0
+  rows = []
   for b in range(values.shape[0]):
+    total, count = 0.0, 0
     for t in range(values.shape[1]):
       if mask[b, t]:
         e = float(values[b, t]) - float(targets[b, t])
         if kind == "mse":
           total += e * e
-        else:
-          total += 0.5 * e * e if abs(e) <= delta else delta * (abs(e) - 0.5 * delta)
+        else:  # torch.nn.functional.smooth_l1_loss(beta=delta), written out
+          total += 0.5 * e * e / delta if abs(e) < delta else abs(e) - 0.5 * delta
         count += 1
+    if count:
+      rows.append(total / count)
   fn = jax.jit(lambda v, g, m: lambda_return_value_loss(v, g, m, kind=kind, huber_delta=delta))
-  np.testing.assert_allclose(fn(values, targets, mask), total / count, **SIMPLE)
+  np.testing.assert_allclose(fn(values, targets, mask), np.mean(rows), **SIMPLE)
   grad_targets = jax.grad(fn, argnums=1)(values, targets, mask)
   assert np.all(np.asarray(grad_targets) == 0.0)
   assert float(fn(values, targets, np.zeros_like(mask))) == 0.0
+
+
+def test_lambda_return_value_loss_huber_is_torch_smooth_l1():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(12)
+  values = rng.normal(size=(3, 7)).astype(np.float32)
+  targets = rng.normal(size=(3, 7)).astype(np.float32)
+  mask = np.ones((3, 7), np.float32)
+  for delta in (0.25, 0.5, 2.0):
+    ours = lambda_return_value_loss(values, targets, mask, kind="huber", huber_delta=delta)
+    ref = torch.nn.functional.smooth_l1_loss(torch.from_numpy(values), torch.from_numpy(targets),
+                                             beta=delta)  # equal rows: the token mean
+    np.testing.assert_allclose(ours, ref.item(), **SIMPLE)
+  with pytest.raises(ValueError, match="huber_delta"):
+    lambda_return_value_loss(values, targets, mask, kind="huber", huber_delta=0.0)
 
 
 def test_mc_value_loss_matches_loop():

@@ -62,19 +62,30 @@ def pairwise_ranking_loss(values_pos, mask_pos, values_neg, mask_neg) -> dict:
   }
 
 
+def _row_mean(loss_BxS, mask_BxS):
+  """Per-row mean of ``loss`` over masked tokens, then the mean over the rows that have one (0
+  if none): every sequence weighs the same, whatever its length."""
+  total_B, count_B = _masked_sum(loss_BxS, mask_BxS, -1)
+  has_B = count_B > 0
+  row_B = jnp.where(has_B, total_B / jnp.maximum(count_B, 1.0), 0.0)
+  return row_B.sum() / jnp.maximum(has_B.sum(), 1).astype(jnp.float32)
+
+
 def lambda_return_value_loss(values, targets, mask, *, kind: str = "mse",
                              huber_delta: float = 0.5):
-  """MSE or Huber loss of values against λ-return targets, averaged over masked tokens.
+  """MSE or Huber loss of values against λ-return targets: per-sequence mean, then the mean over
+  sequences (as the reference's ``compute_lambda_value_loss``; long sequences do not dominate).
 
-  ``mse``: ``(V - G)²``; ``huber``: ``0.5·e²`` if ``|e| <= δ`` else ``δ·(|e| - 0.5·δ)`` with
-  ``e = V - G``. Targets (``wmtp_jax.weighting.lambda_returns``) are wrapped in
-  ``stop_gradient``. To average over pos and neg sequences (DESIGN §3), concatenate them along the
-  batch axis (pad to a common S): the mean is then over all masked tokens of both.
+  ``mse``: ``(V - G)²``; ``huber``: PyTorch's ``smooth_l1_loss(beta=δ)``, ``0.5·e²/δ`` if
+  ``|e| < δ`` else ``|e| - 0.5·δ`` with ``e = V - G`` (the reference's choice; it is the classic
+  Huber loss divided by δ). Targets (``wmtp_jax.weighting.lambda_returns``) are wrapped in
+  ``stop_gradient``. Rows without a masked token are left out. The reference averages pos and
+  neg sequences as ``(L_pos + L_neg) / 2``: call this once per side.
 
   Args:
     values, targets, mask: ``[B, S]``.
     kind: ``"mse"`` or ``"huber"``.
-    huber_delta: δ of the Huber loss.
+    huber_delta: δ (``beta``) of the Huber loss, > 0.
 
   Returns:
     Float32 scalar (0 if no token is masked in).
@@ -85,12 +96,14 @@ def lambda_return_value_loss(values, targets, mask, *, kind: str = "mse",
   if kind == "mse":
     loss_BxS = error_BxS**2
   elif kind == "huber":
+    if not huber_delta > 0:
+      raise ValueError(f"huber_delta must be > 0, got {huber_delta}")
     abs_BxS = jnp.abs(error_BxS)
-    loss_BxS = jnp.where(abs_BxS <= huber_delta, 0.5 * error_BxS**2,
-                         huber_delta * (abs_BxS - 0.5 * huber_delta))
+    loss_BxS = jnp.where(abs_BxS < huber_delta, 0.5 * error_BxS**2 / huber_delta,
+                         abs_BxS - 0.5 * huber_delta)
   else:
     raise ValueError(f"kind must be 'mse' or 'huber', got {kind!r}")
-  return _masked_mean(loss_BxS, mask)
+  return _row_mean(loss_BxS, mask)
 
 
 def mc_value_loss(values, rewards, mask):
@@ -109,10 +122,7 @@ def mc_value_loss(values, rewards, mask):
   check_rank("rewards", rewards, (1,))
   check_dim("rewards", rewards, 0, "values", values, 0)
   error_BxS = jnp.asarray(values, jnp.float32) - jnp.asarray(rewards, jnp.float32)[:, None]
-  total_B, count_B = _masked_sum(error_BxS**2, mask, -1)
-  has_B = count_B > 0
-  row_B = jnp.where(has_B, total_B / jnp.maximum(count_B, 1.0), 0.0)
-  return row_B.sum() / jnp.maximum(has_B.sum(), 1).astype(jnp.float32)
+  return _row_mean(error_BxS**2, mask)
 
 
 def clipped_value_loss(values, old_values, returns, mask, *, clip_range: float = 0.2):

@@ -23,12 +23,14 @@ class StepView:
 
 @dataclasses.dataclass(frozen=True)
 class Hook:
-  """``fn(view) -> metrics`` after every ``every_steps``-th train step (0: never), before the
-  checkpoint of that step. The loop logs the metrics at the step, with the hook's duration as
-  ``time/<name>_s`` (outside the step time)."""
+  """``fn(view) -> metrics`` after every ``every_steps``-th train step (0: never) and, with
+  ``at_end``, after the last one, before the checkpoint of that step. The loop logs the metrics at
+  the step, with the hook's duration as ``time/<name>_s`` (outside the step time)."""
   name: str
   every_steps: int
   fn: Callable[[StepView], dict[str, float]]
+  at_end: bool = False
 
-  def due(self, step: int) -> bool:
-    return bool(self.every_steps) and step % self.every_steps == 0
+  def due(self, step: int, total_steps: int | None = None) -> bool:
+    return ((bool(self.every_steps) and step % self.every_steps == 0)
+            or (self.at_end and step == total_steps))
