@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 
+from wmtp_jax.models import llama
 from wmtp_jax.models.llama import LlamaForCausalLM
 from wmtp_jax.models.mtp import MTPTransformer
 
@@ -14,11 +15,12 @@ class ModelAdapter:
   def __init__(self, model):
     if isinstance(model, MTPTransformer):
       self.is_mtp, self.n_heads = True, model.cfg.n_future_tokens
-      self.max_seq_len, self.kernel_path = model.cfg.max_seq_len, ("output", "kernel")
-    elif isinstance(model, LlamaForCausalLM):
+      self.max_seq_len = model.cfg.max_seq_len
+      self.unembedding_DxV = lambda params: params["output"]["kernel"]
+    elif isinstance(model, LlamaForCausalLM):  # tied input/output embeddings included
       self.is_mtp, self.n_heads = False, 1
       self.max_seq_len = model.cfg.max_position_embeddings
-      self.kernel_path = ("lm_head", "kernel")
+      self.unembedding_DxV = llama.unembedding_DxV
     else:
       raise TypeError(f"generation needs an MTPTransformer or a LlamaForCausalLM, got "
                       f"{type(model).__name__}")
@@ -43,8 +45,8 @@ class ModelAdapter:
 
   def unembed(self, params, hidden):
     """Logits of final-normed hidden states ``[..., D]`` (the model's own output projection)."""
-    kernel = params[self.kernel_path[0]][self.kernel_path[1]]
-    return jnp.einsum("...d,dv->...v", hidden.astype(self.dtype), kernel.astype(self.dtype))
+    kernel_DxV = self.unembedding_DxV(params)
+    return jnp.einsum("...d,dv->...v", hidden.astype(self.dtype), kernel_DxV.astype(self.dtype))
 
   def init_cache(self, batch_size: int, cache_len: int, *, heads: int):
     """Zero caches ``[B, cache_len, K, H]`` of every block that runs with ``heads`` heads."""
