@@ -1,9 +1,11 @@
 """``baseline``: the MTP policy fine-tuned with uniform weights on correct solutions.
 
-    python -m wmtp_jax.main --config=configs/baseline.py[:7b] [--config.a.b=v …] [--workdir=DIR]
+    python -m wmtp_jax.main --config=configs/baseline.py[:SIZE[,ntp]] [--config.a.b=v …]
 
 ``tiny`` (default): synthetic task, CPU minutes. ``7b``: production settings; set
-``--config.init.checkpoint`` and ``--config.data.dir``. The config is locked: a typo is an error.
+``--config.init.checkpoint`` and ``--config.data.dir``. Option ``ntp``: a plain LLaMA policy
+(next-token prediction; 7b: LLaMA-3-8B) instead of the MTP model (``common.policy_base``). The
+config is locked: a typo is an error.
 All fields: configs/baseline.py and wmtp_jax/config/common.py.
 """
 
@@ -13,7 +15,6 @@ from wmtp_jax.config import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  size, _ = common.parse_variant(arg, "baseline")
-  c = common.base("baseline", size, model=common.mtp_model(size),
-                  steps=400 if size == "tiny" else 2000, policy=True)
+  size, options = common.parse_variant(arg, "baseline", ("ntp",))
+  c = common.policy_base("baseline", size, options, steps=400 if size == "tiny" else 2000)
   return c.lock()

@@ -4,6 +4,7 @@
 
 Sizes: ``tiny`` (default: synthetic task, CPU minutes) and ``7b`` (production settings; set
 ``--config.init.checkpoint`` and ``--config.data.dir``). Options after the size, comma-separated:
+``ntp`` (a plain LLaMA policy, weighted next-token prediction; ``common.policy_base``),
 ``softmax_heads`` (per-position softmax over heads of TD errors instead of exp-weighted GAE
 advantages) and ``shared_head`` (values from a head on the policy trunk instead of a separate
 critic: its stage 1, head-only pre-training for ``shared_head.pretrain_epochs``
@@ -22,13 +23,15 @@ CD = ml_collections.ConfigDict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  size, options = common.parse_variant(arg, "verifiable", ("shared_head", "softmax_heads"))
+  size, options = common.parse_variant(arg, "verifiable", ("shared_head", "softmax_heads", "ntp"))
   shared_head = "shared_head" in options
+  if "ntp" in options and options & {"shared_head", "softmax_heads"}:
+    raise ValueError(f"configs/verifiable.py: option ntp (one head, no MTP trunk) does not combine "
+                     f"with {sorted(options & {'shared_head', 'softmax_heads'})}")
   value_head = (dict(value_head="mlp", value_head_dropout=0.0, value_head_bias_init=0.5)
                 if shared_head else {})  # values from a head on the policy trunk
-  c = common.base("verifiable", size, model=common.mtp_model(size, **value_head),
-                  steps=400 if size == "tiny" else 2000, policy=True)
-  c.variant = ",".join([size, *sorted(options)])  # the run directory: runs/verifiable-<variant>
+  c = common.policy_base("verifiable", size, options, steps=400 if size == "tiny" else 2000,
+                         **value_head)
   c.weighting = CD(dict(scheme="softmax_heads" if "softmax_heads" in options else "gae_exp",
                         gamma=1.0, lam=0.95, initial_value=0.5, beta=1.0, min_weight=0.1,
                         max_weight=3.0, whitening="ema", ema_momentum=0.1, ema_warmup=10,
@@ -39,6 +42,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.shared_head = CD(dict(stage="weighted", value_coef=0.5, clip_range=0.2, checkpoint="",
                             pretrain_epochs=0.25, pretrain_lr=1e-3))
   else:
-    critic = common.load("critic", size)
+    critic = common.frozen_run("critic", size, options)
     c.critic = CD(dict(model=critic.model.to_dict(), checkpoint="", run=critic))
   return c.lock()

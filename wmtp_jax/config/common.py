@@ -102,6 +102,49 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
   return c
 
 
+def policy_base(pipeline: str, size: str, options: set[str], *, steps: int,
+                **mtp_overrides) -> CD:
+  """``base`` of a policy pipeline (baseline, verifiable, rho1) at ``size`` (unlocked).
+
+  The policy (``config.model_kind``) is the MTP preset ``size`` with ``mtp_overrides``, or with
+  option ``ntp`` a plain LLaMA (``LlamaForCausalLM``, one head: weighted next-token prediction;
+  tiny: the tiny LLaMA, 7b: LLaMA-3-8B in bf16). ``config.variant`` names the size and options
+  (the run directory ``runs/<pipeline>-<variant>``). The best checkpoint is the one of the lowest
+  unweighted validation CE (the weighted one differs between methods). ``7b``: the reference's
+  policy recipe, LoRA on all seven linear layers, 3% warm-up and a minimum LR ratio of 0.005.
+  """
+  ntp = "ntp" in options
+  if ntp and mtp_overrides:
+    raise ValueError(f"configs/{pipeline}.py: option ntp (a LLaMA policy) has no MTP fields "
+                     f"{sorted(mtp_overrides)}")
+  if not ntp:
+    model = mtp_model(size, **mtp_overrides)
+  elif size == "tiny":
+    model = llama_model(size)
+  else:
+    model = presets.llama("llama3_8b", dtype="bfloat16", remat="none", scan_layers=False)
+  c = base(pipeline, size, model=model, steps=steps, policy=True)
+  c.variant = ",".join([size, *sorted(options)])
+  c.model_kind = "llama" if ntp else "mtp"
+  c.checkpoint.best_metric = "val_unweighted"
+  if size == "7b":
+    c.lora.settings.targets = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+    c.optim.update(warmup_steps=round(0.03 * steps), min_lr_ratio=0.005)
+  return c
+
+
+def frozen_run(name: str, size: str, options: set[str]) -> CD:
+  """The run config of a policy's frozen model (``critic`` or ``ref_tuning``) at ``size``. It
+  reads the policy's token ids, so for a ``7b`` ``ntp`` policy (LLaMA-3) its backbone is
+  LLaMA-3.2-1B (LLaMA-3's tokenizer; tied embeddings) instead of Sheared-LLaMA-2.7B."""
+  run = load(name, size)
+  if size == "tiny" or "ntp" not in options:
+    return run
+  run.unlock()
+  run.model.update(presets.llama("llama3.2_1b", dtype="bfloat16"))
+  return run.lock()
+
+
 def shared_head_pretraining(config: CD) -> CD:
   """Stage 1 of a shared-head ``verifiable`` config: the same model, data and init, only
   ``value_head/…`` trains (no LoRA), for ``pretrain_epochs`` of an epoch at ``pretrain_lr``,
