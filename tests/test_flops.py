@@ -2,6 +2,7 @@
 the peak measured in the model's compute dtype."""
 
 import json
+import shutil
 
 import flax
 import jax
@@ -76,3 +77,50 @@ def test_peak_is_measured_in_the_model_dtype(pipeline, dtype, small_dataset, tmp
     config.model.dtype = dtype
   loop.run(config, tmp_path / "run")
   assert measured == [jnp.dtype(dtype or "float32")]
+
+
+# The tiny test models (``tiny_config``) by hand, per token at S = 160. MTP policy: 1 trunk + 2
+# head blocks of dim 64, 4 query / 2 KV heads of width 16, SwiGLU hidden 176, vocabulary 512:
+# a block's matmul weights 64·16·(2·4 + 2·2) + 3·64·176 = 46080; forward 2·(3·46080 + 2·64·512)
+# + 4·3·160·64 = 530432. Critic LLaMA: 2 layers, hidden 96: 64·16·12 + 3·64·96 = 30720 per layer;
+# forward 2·2·30720 + 4·2·160·64 = 204800 (no lm_head).
+BASELINE_PER_TOKEN = 3 * 530432
+VERIFIABLE_PER_TOKEN = 3 * 530432 + 204800
+
+
+def test_budget_steps_divide_the_budget_by_the_mean_step_cost(small_dataset):
+  """At equal FLOPs the baseline gets the steps verifiable spends on critic forwards: the same
+  budget buys 10 verifiable steps of 8 × 160 tokens and 11 baseline steps (10 · 1796096 /
+  1591296 = 11.29, rounded); the mean is over the sampled shapes."""
+  budget = 10 * 8 * 160 * VERIFIABLE_PER_TOKEN
+  verifiable = objectives.build(tiny_config("verifiable", small_dataset))
+  baseline = objectives.build(tiny_config("baseline", small_dataset))
+  assert flops.train_flops_per_token(verifiable, 160) == VERIFIABLE_PER_TOKEN
+  assert flops.step_flops(baseline, 8, 160) == 8 * 160 * BASELINE_PER_TOKEN
+  assert flops.budget_steps(budget, verifiable, [(8, 160)] * 3) == 10
+  assert flops.budget_steps(budget, baseline, [(8, 160)]) == 11
+  assert flops.budget_steps(budget, verifiable, [(8, 160), (16, 160)]) == 7  # mean 12 rows: 6.67
+  assert flops.budget_steps(1.0, verifiable, [(8, 160)]) == 1  # at least one step
+  with pytest.raises(ValueError, match="budget.flops=0"):
+    flops.budget_steps(0, verifiable, [(8, 160)])
+
+
+def test_logged_cumulative_flops_count_every_step_across_a_resume(small_dataset, tmp_path):
+  """``budget.flops`` of 3.8 baseline steps trains 4 steps; every row logs the cumulative train
+  FLOPs of the steps so far (k · 8 · 160 · per token); resumed from the checkpoint of step 2 (the
+  one of step 4 removed), the count goes on from there."""
+  config = tiny_config("baseline", small_dataset, steps=100, eval_every=2)
+  config.budget.flops = 3.8 * 8 * 160 * BASELINE_PER_TOKEN
+  workdir = tmp_path / "run"
+  loop.run(config, workdir)
+  read = lambda: [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  first = [r for r in read() if flops.CUMULATIVE in r]
+  assert {r["step"] for r in first} == {1, 2, 3, 4}
+  for r in first:
+    assert r[flops.CUMULATIVE] == r["step"] * 8 * 160 * BASELINE_PER_TOKEN
+  for path in (workdir / "checkpoints").glob("4*"):
+    shutil.rmtree(path)
+  loop.run(config, workdir)
+  resumed = [r for r in read() if flops.CUMULATIVE in r]
+  assert sorted((r["step"], r[flops.CUMULATIVE]) for r in resumed) == sorted(
+      (r["step"], r[flops.CUMULATIVE]) for r in first)

@@ -73,18 +73,31 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
   c.pipeline, c.variant, c.seed = pipeline, size, 0
   c.required = () if tiny else ("init.checkpoint", "data.dir")  # must be non-empty to start
   c.model = model
-  c.init = CD(dict(checkpoint=""))  # converted checkpoint dir or a finished run's workdir
+  # ``checkpoint``: a converted checkpoint dir or a finished run's workdir. ``base`` (used when
+  # ``checkpoint`` is empty): "" (random init) | "mtp" | "llama", the tiny pretrained base of that
+  # kind (configs/pretrain.py, built once into the cache: ``training.bases``); tiny runs start
+  # from the base of their model's kind.
+  c.init = CD(dict(checkpoint="", base=("mtp" if "n_future_tokens" in model else "llama")
+                   if tiny else ""))
   c.mesh = mesh()
   c.data = CD(dict(
       dir="", cache_dir="", tokenizer="", train_split="train", valid_split="valid",
       max_len=256 if tiny else 2048, batch_size=16 if tiny else 64, seed=0, workers=0,
       truncation="response", bucket_lengths=(64, 128, 256) if tiny else (512, 1024, 2048),
       sampler="", sampler_args=CD(), val_batches=4 if tiny else 16, samples="correct",
-      synthetic=CD(dict(n_train=1000, n_valid=100, n_test=200, seed=0, vocab_size=512))))
+      synthetic=CD(dict(n_train=1000, n_valid=100, n_test=200, seed=0, vocab_size=512)),
+      train_eos=True))
+  # ``data.train_eos``: rows end with a trained EOS (the default: generation stops where the
+  # program ends, and the critic's terminal value sits on that EOS); False is the reference's
+  # recipe (pad = EOS, padding labels ignored, so no EOS is ever learned; evaluation then stops
+  # at the template's stop rules: ``wmtp_jax.eval.prompts``).
   # ``epochs`` > 0 replaces ``steps`` by ceil(epochs · training examples / batch size).
   c.train = CD(dict(steps=steps, epochs=0.0, grad_accum=1, log_every=20, eval_every=200,
                     trainable=".*" if tiny else "", max_nonfinite_streak=10, peak_flops=0.0,
                     frozen_param_dtype="" if tiny else "bfloat16"))
+  # ``flops`` > 0 replaces ``steps`` by the steps that spend that many train FLOPs (trained model
+  # forward + backward + frozen models' forwards, ``training.flops``): arms at equal FLOPs.
+  c.budget = CD(dict(flops=0.0))
   c.optim = CD(dict(lr=3e-3 if tiny else 1e-4, min_lr_ratio=0.1, warmup_steps=20 if tiny else 100,
                     weight_decay=0.0 if tiny else 0.01, b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
                     groups=CD()))
@@ -96,9 +109,22 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
   # After training a policy (``enabled``): held-out pass@1 (greedy, sandbox-scored) of
   # ``max_problems`` next to the untrained model; during training: ``eval_pass_at_1`` of the first
   # ``interval_problems`` every ``every_steps`` steps (0 = never; ``wmtp_jax.eval.interval``).
-  c.evaluate = CD(dict(enabled=policy, split="test", max_problems=200, max_new_tokens=96,
-                       batch_size=32, every_steps=(200 if tiny else 500) if policy else 0,
-                       interval_problems=32))
+  # After training a policy (``enabled``; ``wmtp_jax.eval.compare``): the base and the
+  # fine-tuned model on the first ``max_problems`` (0 = all) ``split`` problems: pass@``ks`` from
+  # ``n_samples`` samples at each of ``temperatures`` (top-p ``top_p``, the best pass@1 kept),
+  # greedy pass@1 (``greedy``) and per-head accuracy. The base reads ``base_prompt_mode``'s prompts
+  # (tiny "finetuned": the tiny bases were pre-trained behind the template's header; 7b "base":
+  # the raw harness prompt). ``max_new_tokens`` 0 = the benchmark's own; each program runs
+  # ``timeout_s`` / ``memory_mb`` in the sandbox. 7b: the reference's protocol (n 20, T 0.2 and
+  # 0.8, top-p 0.95, k 1 5 10 20, 5 s). During training: greedy ``eval_pass_at_1`` of the first
+  # ``interval_problems`` every ``every_steps`` steps (0 = never; ``wmtp_jax.eval.interval``).
+  c.evaluate = CD(dict(
+      enabled=policy, split="test", max_problems=(64 if tiny else 0) if policy else 200,
+      max_new_tokens=96 if tiny else 0, batch_size=32, n_samples=10 if tiny else 20,
+      temperatures=(0.8,) if tiny else (0.2, 0.8), top_p=0.95,
+      ks=(1, 5, 10) if tiny else (1, 5, 10, 20), greedy=True,
+      base_prompt_mode="finetuned" if tiny else "base", timeout_s=5.0, memory_mb=1024,
+      every_steps=(200 if tiny else 500) if policy else 0, interval_problems=32))
   return c
 
 

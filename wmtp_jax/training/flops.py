@@ -8,9 +8,17 @@ the shared unembedding ``D·V`` runs once per head. The peak, unless configured,
 a matmul in the trained model's compute dtype (its ``cfg.dtype``, ``config.model.dtype`` where set:
 bf16 runs at several times the fp32 rate on accelerators). ``known_peak_flops`` looks up the data
 sheet's dense bf16 peak of a device kind (``BF16_PEAK_FLOPS``).
+
+Equal-FLOPs budgets: every run logs ``flops/train_cumulative`` (``CUMULATIVE``, the ``step_flops``
+of its steps so far); ``budget_steps`` turns ``config.budget.flops`` into a step count from the
+mean cost of sampled steps, so an arm with frozen-model forwards (verifiable's critic, Rho-1's
+reference) gets fewer steps than one without. The FLOPs that trained the frozen models are their
+own runs' ``CUMULATIVE``.
 """
 
+import math
 import time
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -56,10 +64,28 @@ def train_flops_per_token(objective, seq_len: int) -> float:
   return total
 
 
+CUMULATIVE = "flops/train_cumulative"
+
+
+def step_flops(objective, rows: int, seq_len: int) -> float:
+  """Train FLOPs of one step on ``rows`` × ``seq_len`` tokens (``train_flops_per_token``)."""
+  return train_flops_per_token(objective, seq_len) * rows * seq_len
+
+
+def budget_steps(budget: float, objective, shapes: Iterable[tuple[int, int]]) -> int:
+  """Steps that spend about ``budget`` FLOPs: ``budget`` over the mean ``step_flops`` of the
+  sampled step batches ``shapes`` (``(rows, S)`` each), rounded, at least 1."""
+  costs = [step_flops(objective, rows, seq_len) for rows, seq_len in shapes]
+  if budget <= 0 or not costs:
+    raise ValueError(f"config.budget.flops={budget}: a FLOPs budget needs a positive value and "
+                     f"at least one sampled batch ({len(costs)} given)")
+  return max(1, round(budget * len(costs) / math.fsum(costs)))
+
+
 def mfu(objective, rows: int, seq_len: int, seconds: float, peak: float) -> float:
   """Model FLOPs utilisation of a train step on ``rows`` × ``seq_len`` tokens that took
   ``seconds``, against ``peak`` FLOP/s (all devices)."""
-  return train_flops_per_token(objective, seq_len) * rows * seq_len / seconds / peak
+  return step_flops(objective, rows, seq_len) / seconds / peak
 
 
 def measure_peak_flops(dtype, n: int = 2048, repeats: int = 5) -> float:

@@ -23,9 +23,14 @@ ever written of a state whose streak reached ``config.train.max_nonfinite_streak
 step clock (``_StepClock``): ``step_time_s``, ``tokens_per_s`` and ``mfu`` are those of the steps
 alone, and their own durations are logged as ``time/validation_s``, ``time/<hook name>_s`` and
 ``time/checkpoint_s``.
+
+Every row the loop writes carries ``flops/train_cumulative`` (``flops.CUMULATIVE``): the train
+FLOPs of the steps so far, carried across resumes (read back at the checkpoint's step).
+``config.budget.flops`` > 0 sets the step count instead of ``train.steps`` (``run_steps``).
 """
 
 import dataclasses
+import itertools
 import logging
 import math
 import pathlib
@@ -35,6 +40,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 
 from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
 from wmtp_jax.training import flops, mesh as mesh_lib, metrics_log
@@ -45,6 +51,7 @@ from wmtp_jax import objectives
 from wmtp_jax.data import run_data
 
 log = logging.getLogger("wmtp_jax")
+BUDGET_SAMPLE_BATCHES = 64  # batches whose mean cost turns config.budget.flops into steps
 
 
 def _abstract_like(tree):
@@ -134,6 +141,7 @@ class _Pending:
   metrics: dict
   rows: int      # rows of its batch (pos + neg rows for pairs)
   seq_len: int
+  flops: float   # cumulative train FLOPs after this step
 
   def check_finite(self, config) -> None:
     """Wait for the step; raise if its non-finite streak reached the limit."""
@@ -159,7 +167,7 @@ def train(config, workdir: str | pathlib.Path, *, phase: str | None = None,
   rules = mesh_lib.param_rules(config.mesh)
   checkpointing.check_run_config(workdir, config.to_dict())
   data = run_data.build(config, objective, workdir)
-  total_steps = run_steps(config, data.examples_per_epoch)
+  total_steps = run_steps(config, data, objective)
 
   # 2. Abstract-first init.
   state, frozen, context, schedules = build_state(config, objective, mesh, rules, total_steps)
@@ -193,6 +201,7 @@ def train(config, workdir: str | pathlib.Path, *, phase: str | None = None,
                                      start_step=start)
   if memory:
     logger.write(start, memory)
+  cumulative = _resumed_flops(workdir, start)  # the logger dropped the rows after start
   peak = flops.peak_flops(config.train.peak_flops, objective.model.cfg.dtype)
   preemption = _Preemption()
 
@@ -212,20 +221,23 @@ def train(config, workdir: str | pathlib.Path, *, phase: str | None = None,
         step += 1
         if pending is not None:  # the previous step's metrics, fetched while this one runs
           last = log_step(pending)
-        pending = _Pending(step, metrics, *_tokens_shape(batch))
+        shape = _tokens_shape(batch)
+        cumulative += flops.step_flops(objective, *shape)
+        pending = _Pending(step, metrics, *shape, cumulative)
+        counted = {flops.CUMULATIVE: cumulative}
         stop = preemption.signal  # read once: the checkpoint and the stop agree
         force = step == total_steps or stop is not None
         val = None
         if config.train.eval_every and (step % config.train.eval_every == 0 or step == total_steps):
           pending.check_finite(config)
           val, seconds = clock.paused(_validate, eval_fn, context, state, frozen, data)
-          logger.write(step, {**val, "time/validation_s": seconds})
+          logger.write(step, {**val, "time/validation_s": seconds, **counted})
           last.update(val)
         for hook in hooks:
-          if hook.due(step):
+          if hook.due(step, total_steps):
             pending.check_finite(config)
             values, seconds = clock.paused(hook.fn, StepView(step, state, frozen, context, data))
-            logger.write(step, {**values, f"time/{hook.name}_s": seconds})
+            logger.write(step, {**values, f"time/{hook.name}_s": seconds, **counted})
             last.update(values)
         saved = False
         if force or checkpointer.manager.should_save(step):
@@ -234,7 +246,7 @@ def train(config, workdir: str | pathlib.Path, *, phase: str | None = None,
           saved, seconds = clock.paused(checkpointer.save, step, state, iterator, metrics=val,
                                         force=force)
           if saved:
-            logger.write(step, {"time/checkpoint_s": seconds})
+            logger.write(step, {"time/checkpoint_s": seconds, **counted})
         if stop:
           log.warning("%s: checkpoint at step %d %s; stopping", stop, step,
                       "written" if saved else "not written")
@@ -263,11 +275,37 @@ def _outcome(status: str, config, workdir: pathlib.Path, step: int, total_steps:
   return Outcome(status, step, total_steps, metrics, best, model)
 
 
-def run_steps(config, examples_per_epoch: int) -> int:
-  """``config.train.steps``, or with ``config.train.epochs`` > 0 the steps of that many epochs."""
+def run_steps(config, data: run_data.RunData, objective) -> int:
+  """``config.train.steps``; with ``config.train.epochs`` > 0 the steps of that many epochs; with
+  ``config.budget.flops`` > 0 the steps that spend that budget (``flops.budget_steps`` over the
+  first ``BUDGET_SAMPLE_BATCHES`` batches, process 0's count)."""
+  if config.budget.flops > 0:
+    if config.train.epochs > 0:
+      raise ValueError(f"config.budget.flops={config.budget.flops} and config.train.epochs="
+                       f"{config.train.epochs} both set the steps: set one of them")
+    steps = flops.budget_steps(config.budget.flops, objective, mean_step_shapes(data))
+    return int(multihost_utils.broadcast_one_to_all(steps))
   if config.train.epochs <= 0:
     return config.train.steps
-  return max(1, math.ceil(config.train.epochs * examples_per_epoch / config.data.batch_size))
+  return max(1, math.ceil(config.train.epochs * data.examples_per_epoch / config.data.batch_size))
+
+
+def mean_step_shapes(data: run_data.RunData) -> list[tuple[int, int]]:
+  """``(rows, S)`` of the first ``BUDGET_SAMPLE_BATCHES`` train batches (all processes' rows)."""
+  batches = itertools.islice(iter(data.train), BUDGET_SAMPLE_BATCHES)
+  return [(rows * jax.process_count(), seq_len)
+          for rows, seq_len in map(_tokens_shape, batches)]
+
+
+def _resumed_flops(workdir: pathlib.Path, start: int) -> float:
+  """The cumulative train FLOPs logged at step ``start`` (0 for a fresh run). Without that row (a
+  kill between the checkpoint and its row) the last logged value, scaled to ``start`` steps."""
+  last = metrics_log.best(workdir, flops.CUMULATIVE, "max") if start else None
+  if last is None or last["step"] == start:
+    return last["value"] if last else 0.0
+  log.warning("%s: no %s logged at step %d; estimated from step %d", workdir, flops.CUMULATIVE,
+              start, last["step"])
+  return last["value"] * start / last["step"]
 
 
 def _check_nonfinite(step: int, streak: int, config) -> None:
@@ -297,6 +335,7 @@ def _log(logger, pending: _Pending, clock: _StepClock, schedules, objective, pea
   values["step_time_s"] = step_time
   values["tokens_per_s"] = rows * seq_len / step_time
   values["mfu"] = flops.mfu(objective, rows, seq_len, step_time, peak)
+  values[flops.CUMULATIVE] = pending.flops
   for name, schedule in schedules.items():
     values[f"lr/{name}"] = float(schedule(step - 1))
   if final or step % config.train.log_every == 0 or step == 1:
