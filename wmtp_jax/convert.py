@@ -6,6 +6,8 @@
                                            [--dtype bf16|fp16|fp32] [--max_shard_size 5GB]
     python -m wmtp_jax.convert export-meta --src CONVERTED_OR_WORKDIR --dst DIR
                                            [--dtype bf16|fp16|fp32]
+    python -m wmtp_jax.convert verify --converted CONVERTED_OR_WORKDIR (--hf DIR | --meta DIR)
+                                      [--seq-len S] [--batch B] [--seed N] [--tolerance 1e-4]
 
 Sources:
   ``meta``: ``params.json`` + ``consolidated.pth`` (Meta's MTP release, e.g. ``7B_1T_4``) → an
@@ -35,6 +37,12 @@ Exports (``--src`` a converted directory; ``--dtype`` defaults to the original c
   ``export-meta``: ``params.json`` + ``consolidated.pth`` in Meta's layout (RoPE rows permuted back
     to interleaved) + the tokenizer files; MTP models only.
 
+Verification (``verify``): the source model (``--hf``: ``transformers``; ``--meta``: the PyTorch
+  transcription ``wmtp_jax.checkpoints.torch_mtp``) and ours run in fp32 on the same random tokens
+  (past ``original_max_position_embeddings`` when RoPE scaling is set); prints the max
+  |Δlogits| per head (JSON) and exits with status 1 when a head exceeds the fp32 tolerance
+  (``|Δ| ≤ tol + tol·|logit|``, tol 1e-4). See ``wmtp_jax.checkpoints.verify``.
+
 Everything is strict: missing, unexpected or wrongly shaped keys are errors listing the names
 (``rotary_emb.inv_freq`` buffers are skipped), so is an ``n_future_tokens`` that does not match the
 blocks present, and a tokenizer whose vocabulary exceeds the model's. On the command line such an
@@ -43,7 +51,7 @@ exit status 1; the destination is then not written.
 
 This module is the CLI and the import entry ``convert``; the library is in
 ``wmtp_jax.checkpoints``: ``sources`` (reading the source files), ``export`` (``export_hf``,
-``export_meta``) and ``layouts`` (the tensor names and layouts).
+``export_meta``), ``layouts`` (the tensor names and layouts) and ``verify``.
 
 Host memory (measured by ``python -m wmtp_jax.bench convert``): the source is streamed one tensor
 at a time: torch files through ``torch.load(mmap=True)`` with each tensor's pages released once it
@@ -66,7 +74,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax.checkpoints import integrity, layouts, pretrained
+from wmtp_jax.checkpoints import integrity, layouts, pretrained, verify
 from wmtp_jax.checkpoints.export import (EXTRA_HEADS_FILE, export_hf, export_meta,
                                          exported_mtp_config)
 from wmtp_jax.checkpoints.sources import TensorFiles, find_tokenizer, hf_files, meta_files, new_dir
@@ -134,7 +142,22 @@ def main(argv: list[str]) -> dict:
   for sub in commands.choices.values():
     sub.add_argument("--src", required=True)
     sub.add_argument("--dst", required=True)
+  check = commands.add_parser("verify", help="converted directory vs its source model (logits)")
+  check.add_argument("--converted", required=True, help="converted directory or finished WORKDIR")
+  source = check.add_mutually_exclusive_group(required=True)
+  source.add_argument("--hf", help="the HF LlamaForCausalLM directory it was converted from")
+  source.add_argument("--meta", help="the Meta params.json + consolidated.pth directory")
+  check.add_argument("--seq-len", type=int, default=None,
+                     help="tokens per row (default: 32 past the original context with RoPE "
+                          "scaling, else 64)")
+  check.add_argument("--batch", type=int, default=2)
+  check.add_argument("--seed", type=int, default=0)
+  check.add_argument("--tolerance", type=float, default=verify.DEFAULT_TOLERANCE)
   args = parser.parse_args(argv)
+
+  if args.command == "verify":
+    return verify.verify(args.converted, hf=args.hf, meta=args.meta, seq_len=args.seq_len,
+                         batch=args.batch, seed=args.seed, tolerance=args.tolerance)
 
   if args.command in ("meta", "hf"):
     return convert(args.command, args.src, args.dst, dtype=DTYPES[args.dtype],
@@ -162,3 +185,7 @@ if __name__ == "__main__":
   except (OSError, ValueError, integrity.CorruptCheckpointError) as e:  # the reason, no traceback
     sys.exit(f"python -m wmtp_jax.convert: error: {e}")
   print(json.dumps(summary, indent=2))
+  if not summary.get("passed", True):  # verify: a head above the tolerance
+    failed = [h["head"] for h in summary["heads"] if not h["passed"]]
+    sys.exit(f"python -m wmtp_jax.convert verify: FAILED: heads {failed} differ from the source "
+             f"beyond the tolerance {summary['tolerance']}")
