@@ -11,7 +11,10 @@ Modules (every public name is re-exported here, e.g. ``weighting.gae_advantages`
     ``selection_ratio_per_head``, ``weight_histogram``;
   * ``diagnostics`` (issue 13, DESIGN §8): ``mean_response_value``, ``pairwise_accuracy``,
     ``auroc``, ``localization_hits``, ``weight_lift``, ``weight_entropy``, ``clipped_shares``,
-    ``token_error_rates``.
+    ``token_error_rates``;
+  * ``controls`` (issue 14, DESIGN §8): ``CONTROLS``, ``RENORMALIZE``, ``shuffled_weights``,
+    ``lognormal_parameters``, ``matched_random_weights``, ``oracle_weights``, ``mean_one_scale``,
+    ``check_options``.
 
 All public functions are pure, ``jax.jit``-compiled and vectorised (no Python loop over batch or
 time; recurrences use ``lax.scan`` on CPU and ``lax.associative_scan`` elsewhere). Inputs of any
@@ -37,6 +40,9 @@ them does not recompile. Options that change shapes or code paths (``n_future``,
 (validated and converted in float64 at trace time) are static.
 """
 
+from wmtp_jax.weighting.controls import (CONTROLS, RENORMALIZE, check_options,
+                                         lognormal_parameters, matched_random_weights,
+                                         mean_one_scale, oracle_weights, shuffled_weights)
 from wmtp_jax.weighting.diagnostics import (auroc, clipped_shares, localization_hits,
                                             mean_response_value, pairwise_accuracy,
                                             token_error_rates, weight_entropy, weight_lift)
@@ -59,4 +65,6 @@ __all__ = [
     "weight_histogram",
     "mean_response_value", "pairwise_accuracy", "auroc", "localization_hits", "weight_lift",
     "weight_entropy", "clipped_shares", "token_error_rates",
+    "CONTROLS", "RENORMALIZE", "shuffled_weights", "lognormal_parameters",
+    "matched_random_weights", "oracle_weights", "mean_one_scale", "check_options",
 ]
