@@ -25,4 +25,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.reference = CD(dict(model=reference.model.to_dict(), checkpoint="", run=reference))
   c.rho1 = CD(dict(variant="topk", k_percent=0.6 if size == "tiny" else 0.7, mode="signed",
                    head0_always=False, percentile=40.0, alpha=1.0, normalize=True))
+  # Control weights and mean-1 renormalisation (weighting.CONTROLS, weighting.RENORMALIZE).
+  c.weighting = CD(dict(control="none", renormalize="none"))
   return c.lock()

@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.weighting = CD(dict(scheme="softmax_heads" if "softmax_heads" in options else "gae_exp",
                         gamma=1.0, lam=0.95, initial_value=0.5, beta=1.0, min_weight=0.1,
                         max_weight=3.0, whitening="ema", ema_momentum=0.1, ema_warmup=10,
-                        temperature=1.0))
+                        temperature=1.0, control="none", renormalize="none"))
   if shared_head:  # trained on correct and incorrect samples; the policy run starts from stage 1
     c.data.samples = "all"
     c.train.trainable = "value_head/.*" if c.lora.enabled else ".*"  # LoRA trains the rest

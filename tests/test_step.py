@@ -1,6 +1,8 @@
 """The train step: every pipeline overfits a batch, objectives' equivalences, gradient
 accumulation, non-finite steps skipped, LoRA trains only the adapters."""
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -106,3 +108,69 @@ def test_lora_trains_only_adapters_and_merges(small_dataset, tmp_path):
   n_trainable = sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))
   n_all = n_trainable + sum(x.size for x in jax.tree_util.tree_leaves(frozen.base))
   assert opt_leaves < 3 * n_trainable + 16 < n_all  # Adam moments for the trainable part only
+
+
+def test_train_heads_trains_only_the_first_heads(small_dataset, tmp_path):
+  config = tiny_config("baseline", small_dataset)  # n_future_tokens = 2
+  config.model.train_heads = 1
+  state, frozen, context, batches = build_run(config, tmp_path)
+  loss, grads, metrics, _ = jax.jit(lambda s, f, b: step_lib.loss_and_grads(context, s, f, b, 1))(
+      state, frozen, batches[0])
+  assert metrics["per_head"].shape == (1,)
+  params = grads["params"]
+  assert all(np.all(np.asarray(g) == 0.0) for g in jax.tree_util.tree_leaves(params["head_1"]))
+  assert all(np.any(np.asarray(g) != 0.0) for g in jax.tree_util.tree_leaves(params["head_0"]))
+  config.model.train_heads = 3
+  with pytest.raises(ValueError, match=r"config\.model\.train_heads"):
+    build_run(config, tmp_path)
+
+
+def test_weighted_step_logs_policy_diagnostics(small_dataset, tmp_path):
+  config = tiny_config("verifiable", small_dataset)  # critic freshly initialised
+  config.data.samples = "all"  # incorrect samples too: the lift on mutated targets
+  state, frozen, context, batches = build_run(config, tmp_path)
+  assert "critical_mask" in batches[0] and "mutated_mask" in batches[0]  # reach the objective
+  step = jax.jit(functools.partial(step_lib.train_step, context, 1, grad_clip=1e-3))
+  _, metrics = step(state, frozen, batches[0])
+  for name in ("weight_lift_critical", "weight_lift_mutated", "weight_entropy",
+               "weight_clipped_min", "weight_clipped_max", "error_rate_critical/head0",
+               "error_rate_other/head1"):
+    assert np.isfinite(float(metrics[name])), name
+  assert 0.0 < float(metrics["error_rate_other/head1"]) <= 1.0  # an untrained policy errs
+  assert float(metrics["grad_norm"]) > 1e-3  # clipped: the norm after clipping is the bound
+  np.testing.assert_allclose(float(metrics["grad_norm_clipped"]), 1e-3, rtol=1e-6)
+  assert "grad_norm_clipped" not in step_fn(context, frozen, config)(state, batches[0])[1]
+
+
+def test_mean1_rescales_the_whole_step(small_dataset, tmp_path):
+  config = tiny_config("verifiable", small_dataset)
+  state, frozen, context, batches = build_run(config, tmp_path)
+  grads_of = lambda ctx, n: jax.jit(lambda s, f, b: step_lib.loss_and_grads(ctx, s, f, b, n))(
+      state, frozen, batches[0])
+  plain = grads_of(context, 1)
+  config.weighting.renormalize = "mean1"
+  _, _, context, _ = build_run(config, tmp_path)
+  one, two = grads_of(context, 1), grads_of(context, 2)
+  # The weights' mean over the step's valid terms times the scale is 1.
+  np.testing.assert_allclose(one[2]["weight_mean"] * one[2]["weight_scale"], 1.0, rtol=1e-5)
+  np.testing.assert_allclose(one[0], plain[0] / plain[2]["weight_mean"], rtol=1e-5)
+  np.testing.assert_allclose(two[0], one[0], rtol=1e-5)  # grad_accum=2 equals grad_accum=1
+  np.testing.assert_allclose(two[2]["weight_scale"], one[2]["weight_scale"], rtol=1e-5)
+  for g2, g1 in zip(jax.tree_util.tree_leaves(two[1]), jax.tree_util.tree_leaves(one[1])):
+    np.testing.assert_allclose(g2, g1, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("pipeline,control", [("rho1", "random_matched"),
+                                              ("verifiable", "oracle"),
+                                              ("verifiable:softmax_heads", "shuffled")])
+def test_control_weights_train(pipeline, control, small_dataset, tmp_path):
+  config = tiny_config(pipeline, small_dataset)
+  config.weighting.control = control
+  state, frozen, context, batches = build_run(config, tmp_path)
+  step = step_fn(context, frozen, config)
+  for batch in batches:
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["step_loss"])) and int(metrics["skipped_steps"]) == 0
+  if control == "random_matched":  # the running moments of rho1's own weights, in the state
+    assert int(state.aux["control_ema"].count) == 2
+    assert 0.0 < float(state.aux["control_ema"].mean) < 1.0

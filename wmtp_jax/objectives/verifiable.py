@@ -7,6 +7,10 @@ then updated once from the masked moments of the whole step batch (all micro-bat
 
 ``scheme="softmax_heads"`` instead scores each target by its TD error and weights the n terms of a
 position by ``softmax_k(δ_{t+1+k} / temperature)`` (the original critic proposal).
+``config.weighting.control`` replaces the weights by a control (``base.controlled_weights``: range
+``[min_weight, max_weight]`` for ``gae_exp``, ``[0, 1]`` for ``softmax_heads``) and
+``config.weighting.renormalize="mean1"`` rescales each step's weights to mean 1
+(``base.mean_one``).
 With ``config.data.samples = "all"`` incorrect solutions are trained on too, and the terminal TD
 error uses the reward ``R`` (``is_correct``).
 
@@ -46,6 +50,7 @@ class Verifiable(PolicyObjective):
       raise ValueError(f"config.weighting.whitening={w.whitening!r}: expected one of {WHITENING}")
     self.samples = config.data.samples
     self.shared = config.get("shared_head")
+    base.check_weighting(w, shared_head=self.shared is not None)
     if self.shared is None:
       self.critic_cfg = presets.build(LlamaConfig, config.critic.model, where="config.critic.model")
       self.frozen_models = {"critic": ValueModel(self.critic_cfg)}
@@ -64,7 +69,7 @@ class Verifiable(PolicyObjective):
                                 self.policy_cfg.value_head_bias_init)
 
   def init_aux(self, params):
-    aux = {"ema": weighting.ema_init()}
+    aux = {"ema": weighting.ema_init(), **base.control_aux(self.config.weighting)}
     if self.shared is not None and self.shared.stage == "weighted":
       aux["value_old"] = jax.tree_util.tree_map(jnp.copy, params["value_head"])  # own buffers
     return aux
@@ -80,19 +85,27 @@ class Verifiable(PolicyObjective):
     w = self.config.weighting
     mask_BxS = base.response_mask(batch)
     rewards_B = batch["is_correct"] if self.samples == "all" else None
+    spans = "critical_mask" in batch  # synthetic data: the token error rates on the spans
     if self.shared is None:
       values_BxS = self.frozen_models["critic"].apply(
           {"params": frozen["critic"]}, batch["tokens"], batch["attention_mask"])
-      ce_BxSxn, valid_BxSxn = self.policy_terms(params, apply, batch)
+      ce_BxSxn, valid_BxSxn, *extra = self.policy_terms(params, apply, batch, predictions=spans)
     else:
-      ce_BxSxn, valid_BxSxn, trunk_BxSxD, values_BxS = self.policy_terms(
-          params, apply, batch, return_trunk_hidden=True, return_values=True,
+      ce_BxSxn, valid_BxSxn, trunk_BxSxD, values_BxS, *extra = self.policy_terms(
+          params, apply, batch, predictions=spans, return_trunk_hidden=True, return_values=True,
           deterministic=False, rngs={"dropout": rng})
-    scores_BxS, weights_BxSxn = self._weights(jax.lax.stop_gradient(values_BxS), mask_BxS,
-                                              rewards_B, aux)
+    scores_BxS, method_w = self._weights(jax.lax.stop_gradient(values_BxS), mask_BxS, rewards_B,
+                                         aux)
+    low, high = (w.min_weight, w.max_weight) if w.scheme == "gae_exp" else (0.0, 1.0)
+    method_w, sums = base.controlled_weights(w, method_w, mask_BxS, batch, aux, rng, low=low,
+                                             high=high)
+    weights_BxSxn = losses.expand_weights(method_w, self.n)  # target-aligned → per term
     loss, metrics = base.weighted_ce(ce_BxSxn, valid_BxSxn, weights_BxSxn, norms)
-    hist_upper = w.max_weight if w.scheme == "gae_exp" else 1.0
-    metrics.update(base.term_weight_metrics(weights_BxSxn, valid_BxSxn, hist_upper=hist_upper))
+    metrics.update(base.policy_weight_metrics(weights_BxSxn, valid_BxSxn, batch, low=low,
+                                              high=high, hist_upper=high,
+                                              mutated=self.samples == "all"))
+    if spans:
+      metrics.update(base.span_error_rates(extra[0], batch))
     metrics.update({f"advantage_{k}": v
                     for k, v in weighting.td_stats(scores_BxS, mask_BxS).items()})
     metrics.update({"value_mean": weighting.td_stats(values_BxS, mask_BxS)["mean"],
@@ -109,11 +122,13 @@ class Verifiable(PolicyObjective):
                       "loss": metrics["loss"] + self.shared.value_coef * value_loss,
                       "explained_variance": weighting.explained_variance(values_BxS, returns_BxS,
                                                                          mask_BxS)})
-    return loss, (metrics, {"moments": weighting.masked_moments(scores_BxS, mask_BxS)})
+    return loss, (metrics, {"moments": weighting.masked_moments(scores_BxS, mask_BxS), **sums,
+                            **base.weight_sums(weights_BxSxn, valid_BxSxn)})
 
   def _weights(self, values_BxS, mask_BxS, rewards_B, aux):
-    """``(scores [B, S], weights [B, S, n])``: GAE advantages → EMA-whitened exp weights, or TD
-    errors → per-position softmax over heads; constants for the gradient."""
+    """``(scores [B, S], weights)``: GAE advantages → EMA-whitened exp weights ``[B, S]`` on the
+    target tokens, or TD errors → per-position softmax over heads ``[B, S, n]``; constants for
+    the gradient."""
     w = self.config.weighting
     if w.scheme == "gae_exp":
       scores_BxS = weighting.gae_advantages(values_BxS, mask_BxS, gamma=w.gamma, lam=w.lam,
@@ -122,12 +137,11 @@ class Verifiable(PolicyObjective):
       weights_BxS = weighting.exp_weights(
           scores_BxS, mask_BxS, beta=w.beta, min_weight=w.min_weight, max_weight=w.max_weight,
           mean=None if ema is None else ema.mean, std=None if ema is None else ema.std)
-      weights_BxSxn = losses.expand_weights(weights_BxS, self.n)  # target-aligned → per term
-    else:
-      scores_BxS = weighting.td_errors(values_BxS, mask_BxS, gamma=w.gamma,
-                                       initial_value=w.initial_value, rewards=rewards_B)
-      weights_BxSxn = weighting.softmax_head_weights(scores_BxS, mask_BxS, self.n,
-                                                     temperature=w.temperature)
+      return scores_BxS, jax.lax.stop_gradient(weights_BxS)
+    scores_BxS = weighting.td_errors(values_BxS, mask_BxS, gamma=w.gamma,
+                                     initial_value=w.initial_value, rewards=rewards_B)
+    weights_BxSxn = weighting.softmax_head_weights(scores_BxS, mask_BxS, self.n,
+                                                   temperature=w.temperature)
     return scores_BxS, jax.lax.stop_gradient(weights_BxSxn)
 
   def _pretrain_loss(self, params, apply, batch, norms, rng):
@@ -149,6 +163,10 @@ class Verifiable(PolicyObjective):
     if "moments" not in aux_sums:  # shared-head pre-training: no weights, no statistics
       return aux
     w = self.config.weighting
+    aux = base.update_control_aux(w, aux, aux_sums)
     return {**aux, "ema": weighting.ema_update_from_moments(aux["ema"], aux_sums["moments"],
                                                             momentum=w.ema_momentum,
                                                             warmup_steps=w.ema_warmup)}
+
+  def finish_step(self, loss, grads, metrics, aux_sums):
+    return base.mean_one(self.config.weighting, loss, grads, metrics, aux_sums)

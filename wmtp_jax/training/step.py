@@ -2,8 +2,9 @@
 
 The step: the global batch is split into ``grad_accum`` micro-batches, whose losses are defined to
 *sum* to the loss of the whole batch (the objective's ``normalizers``); gradients are accumulated
-in fp32, clipped, and applied by AdamW unless the loss or a gradient is non-finite, in which case
-the update is skipped and counted.
+in fp32, then ``objective.finish_step`` may rescale the whole step (weights renormalised to mean 1
+over the step batch), clipped, and applied by AdamW unless the loss or a gradient is non-finite,
+in which case the update is skipped and counted.
 """
 
 import functools
@@ -70,11 +71,18 @@ def loss_and_grads(context: StepContext, state: TrainState, frozen: Frozen, batc
     carry, _ = jax.lax.scan(body, carry, (rest, jnp.arange(1, grad_accum)))
   loss, grads, metrics, sums = carry
   metrics = jax.tree_util.tree_map(lambda m: m / grad_accum, metrics)
+  loss, grads, metrics = objective.finish_step(loss, grads, metrics, sums)
   return loss, grads, metrics, sums
 
 
-def train_step(context: StepContext, grad_accum: int, state: TrainState, frozen: Frozen, batch):
-  """One optimizer step (jitted with the state donated)."""
+def train_step(context: StepContext, grad_accum: int, state: TrainState, frozen: Frozen, batch, *,
+               grad_clip: float | None = None):
+  """One optimizer step (jitted with the state donated).
+
+  ``grad_clip``: the optimizer's global-norm clip (``config.optim.grad_clip``); when given, the
+  metrics hold ``grad_norm_clipped``, the norm of the gradient after clipping, ``min(norm, clip)``
+  (``optax.clip_by_global_norm`` scales by ``clip / max(norm, clip)``).
+  """
   loss, grads, metrics, sums = loss_and_grads(context, state, frozen, batch, grad_accum)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -92,6 +100,8 @@ def train_step(context: StepContext, grad_accum: int, state: TrainState, frozen:
   new_state = new_state.replace(step=state.step + 1)
   metrics = {**metrics, "step_loss": loss, "grad_norm": grad_norm,
              "skipped_steps": new_state.skipped, "nonfinite_streak": new_state.bad_streak}
+  if grad_clip is not None:
+    metrics["grad_norm_clipped"] = jnp.minimum(grad_norm, grad_clip)
   return new_state, metrics
 
 
@@ -107,7 +117,8 @@ def compile_steps(context: StepContext, config, state: TrainState, frozen: Froze
   batch) -> metrics``, and the compiled memory per device of the train step in MiB (``{}`` if the
   backend has none). The context is bound, static; the arrays are arguments."""
   replicated = mesh_lib.replicated(context.mesh)
-  step = jax.jit(functools.partial(train_step, context, config.train.grad_accum), donate_argnums=0,
+  step = jax.jit(functools.partial(train_step, context, config.train.grad_accum,
+                                   grad_clip=config.optim.grad_clip), donate_argnums=0,
                  out_shardings=(jax.tree_util.tree_map(lambda x: x.sharding, state), replicated))
   evaluate = jax.jit(functools.partial(eval_step, context))
   with jax.set_mesh(context.mesh), nn.logical_axis_rules(context.rules):
