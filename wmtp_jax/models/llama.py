@@ -150,8 +150,8 @@ class LlamaForCausalLM(nn.Module):
     if return_hidden:
       return h_BxSxD
     if cfg.tie_word_embeddings:
-      table_VxD = nn.meta.unbox(self.variables["params"]["model"]["embed_tokens"]["embedding"])
-      logits_BxSxV = jnp.einsum("bsd,vd->bsv", h_BxSxD, table_VxD.astype(cfg.dtype))
+      w_DxV = unembedding_DxV(nn.meta.unbox(self.variables["params"]))
+      logits_BxSxV = jnp.einsum("bsd,dv->bsv", h_BxSxD, w_DxV.astype(cfg.dtype))
     else:
       logits_BxSxV = layers.Unembed(cfg.vocab_size, cfg.dtype, cfg.param_dtype,
                                     name="lm_head")(h_BxSxD)
