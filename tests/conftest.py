@@ -32,6 +32,7 @@ def tiny_config(pipeline: str, dataset: pathlib.Path, **train):
       configs.append(config[name].run)
   for c in configs:
     c.data.dir = str(dataset)
+    c.init.base = ""  # random weights: no pretrained base (training.bases)
     c.data.batch_size = 8
     c.data.max_len = 160
     c.data.bucket_lengths = (160,)

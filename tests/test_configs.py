@@ -23,7 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Every config file with each variant it accepts (None: the default, no ``:arg``).
 VARIANTS = {
     "baseline": [None, "7b"], "critic": [None, "7b"], "ref_tuning": [None, "7b"],
-    "rho1": [None, "7b"], "evaluate": [None, "7b"],
+    "rho1": [None, "7b"], "evaluate": [None, "7b"], "pretrain": ["mtp", "llama"],
     "verifiable": [None, "7b", "tiny,softmax_heads", "7b,shared_head",
                    "shared_head,softmax_heads,7b"],
 }

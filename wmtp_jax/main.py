@@ -37,7 +37,7 @@ from ml_collections import config_flags
 from wmtp_jax import eval as eval_lib, failures
 from wmtp_jax.config import common as config_lib
 from wmtp_jax.eval import compare, interval
-from wmtp_jax.training import console, loop
+from wmtp_jax.training import bases, console, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
                                           lock_config=True)
@@ -56,18 +56,25 @@ _STATUS = {failures.FINISHED: "finished", failures.PREEMPTED: "preempted",
 
 
 def train_prerequisites(config, workdir: pathlib.Path, report: dict | None = None) -> dict:
-  """Train what ``config`` needs first into ``WORKDIR/<name>``: the frozen models (``critic``,
-  ``reference``) whose ``checkpoint`` is empty, from their ``run`` configs, pointing
-  ``checkpoint`` there; and the shared value head's pre-training stage, whose model the policy
-  run then starts from (``config.init.checkpoint``). Adds each phase's report to ``report`` (a new
-  dict by default) and returns it."""
+  """Train what ``config`` needs first: the tiny pretrained base it starts from
+  (``config.init.base``, built once into the cache: ``training.bases``), the frozen models
+  (``critic``, ``reference``) whose ``checkpoint`` is empty, from their ``run`` configs (with the
+  job's ``seed``, from their own bases) into ``WORKDIR/<name>``, pointing ``checkpoint`` there;
+  and the shared value head's pre-training stage, whose model the policy run then starts from
+  (``config.init.checkpoint``). A ``pretrain`` job reads its corpus (``bases.use_corpus``). Adds
+  each phase's report to ``report`` (a new dict by default) and returns it."""
   report = {} if report is None else report
+  _resolve_base(config, report)
   for name in ("critic", "reference"):
     section = config.get(name)
     if section is not None and not section.checkpoint:
+      section.run.seed = config.seed
+      _resolve_base(section.run, report)
       log.info("no config.%s.checkpoint: training the %s first in %s", name, name, workdir / name)
       _train(report, name, section.run, workdir / name)
       section.checkpoint = str(workdir / name)
+  if config.pipeline == "pretrain":
+    bases.use_corpus(config)
   shared = config.get("shared_head")
   if shared is not None and shared.stage == "weighted":
     if not shared.checkpoint:
@@ -78,6 +85,17 @@ def train_prerequisites(config, workdir: pathlib.Path, report: dict | None = Non
       shared.checkpoint = str(workdir / "shared_head")
     config.init.checkpoint = shared.checkpoint
   return report
+
+
+def _resolve_base(config, report: dict) -> None:
+  """``bases.resolve``: ``report["base_<kind>"]`` says where the base is and whether this job
+  built it (with the pre-training's outcome) or found it in the cache."""
+  name = f"base_{config.init.base}"
+  resolved = bases.resolve(config, lambda base, run_dir: _train(report, name, base, run_dir))
+  if resolved is not None:
+    path, built = resolved
+    report[name] = {**(report[name] if built else {"status": "finished"}), "model": str(path),
+                    "cached": not built}
 
 
 def _train(report: dict, name: str, config, workdir: pathlib.Path, **kwargs) -> None:

@@ -66,10 +66,21 @@ def _is_complete(path: pathlib.Path, kind: str, params: Mapping) -> bool:
     recorded = json.loads((path / MARKER_FILE).read_text(encoding="utf-8"))
   except (OSError, ValueError):
     recorded = None
-  if recorded != _marker(kind, params):
-    raise RuntimeError(f"{path} is not the cached {kind} entry of {dict(params)} (its "
-                       f"{MARKER_FILE} is missing or differs); remove it to rebuild it")
+  expected = _marker(kind, params)
+  if recorded != expected:
+    what = ("is missing or unreadable" if recorded is None else
+            f"records other parameters ({', '.join(_differences(recorded, expected)[:6])})")
+    raise RuntimeError(f"{path} is not the cached {kind} entry of these parameters (its "
+                       f"{MARKER_FILE} {what}); remove it to rebuild it")
   return True
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+  """The dotted keys where the JSON values ``a`` and ``b`` differ (``prefix`` before each)."""
+  if not (isinstance(a, dict) and isinstance(b, dict)):
+    return [] if a == b else [prefix or "(value)"]
+  return [d for k in sorted(set(a) | set(b), key=str)
+          for d in _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))]
 
 
 @contextlib.contextmanager

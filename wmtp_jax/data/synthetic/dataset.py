@@ -55,7 +55,8 @@ def _problem_record(problem: Problem) -> dict:
           "difficulty": problem.difficulty}
 
 
-def _params(*, seed: int, n_train: int, n_valid: int, n_test: int, vocab_size: int) -> dict:
+def generation_params(*, seed: int, n_train: int, n_valid: int, n_test: int,
+                      vocab_size: int) -> dict:
   """The parameters that determine a dataset's content (recorded in ``synthetic.json``)."""
   return {"generator_version": GENERATOR_VERSION, "seed": seed, "n_train": n_train,
           "n_valid": n_valid, "n_test": n_test, "vocab_size": vocab_size}
@@ -103,8 +104,8 @@ def write_dataset(out_dir: str | os.PathLike, *, n_train: int = DEFAULT_SIZES["n
   length_fn = functools.partial(template.example_length, tokenizer=tok)
   for split in SPLITS:
     records.build_index(out / f"{split}.jsonl", tok, length_fn=length_fn)
-  params = _params(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
-                   vocab_size=vocab_size)
+  params = generation_params(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
+                             vocab_size=vocab_size)
   with jsonl.atomic_write(out / PARAMS_FILE) as f:
     json.dump(params, f, indent=2, sort_keys=True)
     f.write("\n")
@@ -125,8 +126,8 @@ def ensure_dataset(out_dir: str | os.PathLike, *, n_train: int = DEFAULT_SIZES["
   shared cache is ``cached_dataset``.
   """
   out = Path(out_dir)
-  params = _params(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
-                   vocab_size=vocab_size)
+  params = generation_params(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
+                             vocab_size=vocab_size)
   try:
     recorded = json.loads((out / PARAMS_FILE).read_text(encoding="utf-8"))
   except (OSError, ValueError):
@@ -140,9 +141,11 @@ def ensure_dataset(out_dir: str | os.PathLike, *, n_train: int = DEFAULT_SIZES["
 
 def _cache_key(*, seed: int, n_train: int, n_valid: int, n_test: int,
                vocab_size: int) -> tuple[dict, str]:
-  """A dataset's key in the cache: its parameters (``_params``) and its directory's label."""
-  return (_params(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
-                  vocab_size=vocab_size), f"s{seed}-{n_train}x{n_valid}x{n_test}-v{vocab_size}")
+  """A dataset's key in the cache: its parameters (``generation_params``) and its directory's
+  label."""
+  params = generation_params(seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test,
+                             vocab_size=vocab_size)
+  return params, f"s{seed}-{n_train}x{n_valid}x{n_test}-v{vocab_size}"
 
 
 def cached_path(cache_root: str | os.PathLike | None = None, *,

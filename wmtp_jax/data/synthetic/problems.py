@@ -16,6 +16,7 @@ from wmtp_jax.data.synthetic import grammar, render
 from wmtp_jax.data.synthetic.render import Span
 
 SPLITS = ("train", "valid", "test")
+PRETRAIN = "pretrain"  # the pre-training corpus's problems (``generate_problems``)
 SOURCE = "synthetic"
 
 _SPLIT_SALT = "wmtp-synthetic-split-v1"
@@ -37,7 +38,7 @@ class Problem:
 
   Attributes:
     problem_id: ``synthetic/{split}/{index:05d}``.
-    split: ``train``, ``valid`` or ``test``.
+    split: ``train``, ``valid``, ``test`` or ``pretrain``.
     key: the specification key (family, primitives, constants) that determines the split.
     family: ``int``, ``pair``, ``cond``, ``list`` or ``str``.
     instruction: the task in English.
@@ -144,14 +145,18 @@ def _problem(spec: grammar.Spec, rng: random.Random, problem_id: str, split: str
                  critical=tuple(r.critical for r in renderings + mutants), mutated=tuple(mutated))
 
 
-def generate_problems(n: int, *, seed: int, split: str) -> list[Problem]:
-  """``n`` distinct problems of ``split``, deterministic in ``(seed, split)``.
+def generate_problems(n: int, *, seed: int, split: str,
+                      exclude: frozenset[str] = frozenset()) -> list[Problem]:
+  """``n`` distinct problems of ``split``, deterministic in ``(seed, split, exclude)``.
 
   Specifications are sampled from the grammar and kept when their key hashes to ``split``
   (``split_of``), so the splits never share a specification, whatever the seeds and sizes.
+  ``split="pretrain"`` (``PRETRAIN``) draws from the keys that hash to ``train``, less the keys in
+  ``exclude`` (the fine-tuning train problems of a dataset): never a valid or test problem, and
+  none of the excluded ones, while the three splits stay exactly as they were.
   """
-  if split not in SPLITS:
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  if split not in (*SPLITS, PRETRAIN):
+    raise ValueError(f"split must be one of {(*SPLITS, PRETRAIN)}, got {split!r}")
   if n < 0:
     raise ValueError(f"n must be >= 0, got {n}")
   rng = random.Random(f"wmtp-synthetic:{seed}:{split}")
@@ -161,7 +166,8 @@ def generate_problems(n: int, *, seed: int, split: str) -> list[Problem]:
     if len(problems) == n:
       return problems
     spec = grammar.sample_spec(rng)
-    if spec.key in seen or split_of(spec.key) != split:
+    bucket = "train" if split == PRETRAIN else split
+    if spec.key in seen or spec.key in exclude or split_of(spec.key) != bucket:
       continue
     seen.add(spec.key)
     problem = _problem(spec, rng, f"{SOURCE}/{split}/{len(problems):05d}", split)
