@@ -28,4 +28,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if not tiny:  # frozen backbone + LoRA; the value head trains at its own rate
     c.train.trainable = "value_head/.*"
     c.optim.groups = CD({"value_head": CD(dict(pattern="value_head/.*", lr=1e-4))})
+    c.data.update(common.reference_sampling("length_balanced_pairs", n_samples=200000,
+                                            max_pairs_per_problem=60))
   return c.lock()

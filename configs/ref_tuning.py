@@ -17,4 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size, _ = common.parse_variant(arg, "ref_tuning")
   c = common.base("ref_tuning", size, model=common.llama_model(size),
                   steps=200 if size == "tiny" else 1000, policy=False)
+  if size == "7b":  # the reference's training set for its reference model (cap 50 per problem)
+    c.data.update(common.reference_sampling("unique_correct", n_samples=200000,
+                                            max_pairs_per_problem=50))
   return c.lock()

@@ -14,6 +14,7 @@ import pathlib
 
 import ml_collections
 
+from wmtp_jax.data import reference_samplers
 from wmtp_jax.models import presets
 from wmtp_jax.training import mesh as mesh_lib
 
@@ -128,6 +129,20 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
   return c
 
 
+def reference_sampling(sampler: str, *, n_samples: int, max_pairs_per_problem: int) -> dict:
+  """``data`` fields of the reference's sampling (the ``7b`` defaults; today's samplers stay
+  selectable): ``unique_correct`` (the correct side of unique 1:1 pairs: the same training set
+  for every method at one seed) or ``length_balanced_pairs`` (the critic's pairs, matched within
+  the reference's 17 response-length bins); problems with both correct and incorrect solutions
+  and difficulty 1–25, at most ``max_pairs_per_problem`` pairs each
+  (``wmtp_jax.data.reference_samplers``)."""
+  args = dict(n_samples=n_samples, max_pairs_per_problem=max_pairs_per_problem,
+              difficulty_bins=reference_samplers.REFERENCE_DIFFICULTY)
+  if sampler == "length_balanced_pairs":
+    args["length_bins"] = reference_samplers.REFERENCE_LENGTH_BINS
+  return dict(sampler=sampler, sampler_args=CD(args))
+
+
 def policy_base(pipeline: str, size: str, options: set[str], *, steps: int,
                 **mtp_overrides) -> CD:
   """``base`` of a policy pipeline (baseline, verifiable, rho1) at ``size`` (unlocked).
@@ -137,7 +152,8 @@ def policy_base(pipeline: str, size: str, options: set[str], *, steps: int,
   tiny: the tiny LLaMA, 7b: LLaMA-3-8B in bf16). ``config.variant`` names the size and options
   (the run directory ``runs/<pipeline>-<variant>``). The best checkpoint is the one of the lowest
   unweighted validation CE (the weighted one differs between methods). ``7b``: the reference's
-  policy recipe, LoRA on all seven linear layers, 3% warm-up and a minimum LR ratio of 0.005.
+  policy recipe, LoRA on all seven linear layers, 3% warm-up and a minimum LR ratio of 0.005, and
+  its training set (``reference_sampling``; not for ``shared_head``, which trains on every record).
   """
   ntp = "ntp" in options
   if ntp and mtp_overrides:
@@ -156,6 +172,9 @@ def policy_base(pipeline: str, size: str, options: set[str], *, steps: int,
   if size == "7b":
     c.lora.settings.targets = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
     c.optim.update(warmup_steps=round(0.03 * steps), min_lr_ratio=0.005)
+    if "shared_head" not in options:
+      c.data.update(reference_sampling("unique_correct", n_samples=200000,
+                                       max_pairs_per_problem=60))
   return c
 
 

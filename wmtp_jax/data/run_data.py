@@ -17,7 +17,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from wmtp_jax.data import pipeline, records, samplers, synthetic, tokenizer as tokenizer_lib
+from wmtp_jax.data import (pipeline, records, reference_samplers, samplers, synthetic,
+                           tokenizer as tokenizer_lib)
 
 DEFAULT_SAMPLER = {"correct": "correct_only", "all": "all", "pairs": "pairs"}
 HOST_ONLY_KEYS = ("dropped_before",)
@@ -53,11 +54,18 @@ def dataset_dir(data_cfg) -> pathlib.Path:
   return synthetic.cached_path(data_cfg.cache_dir, **data_cfg.synthetic)
 
 
-def sample_indices(store: records.RecordStore, method: str, args: dict, *, seed: int) -> np.ndarray:
-  """Line indices (``[N]``, or ``[N, 2]`` pairs) chosen by ``method`` on the store's index."""
+def sample_indices(store: records.RecordStore, method: str, args: dict, *, seed: int,
+                   tokenizer=None) -> np.ndarray:
+  """Line indices (``[N]``, or ``[N, 2]`` pairs) chosen by ``method`` on the store's index; a
+  method that bins response lengths gets them measured with ``tokenizer`` first."""
   if method == "all":
     return np.random.default_rng(seed).permutation(len(store)).astype(np.int64)
-  indices = samplers.sample(store.meta["problem_index_map"], method, seed=seed, **args)
+  problem_index_map = store.meta["problem_index_map"]
+  if method in samplers.NEEDS_RESPONSE_LENGTHS:
+    problem_index_map = reference_samplers.with_response_lengths(problem_index_map, lambda ids: [
+        len(x) for x in tokenizer([store[i]["output"] for i in ids],
+                                  add_special_tokens=False)["input_ids"]])
+  indices = samplers.sample(problem_index_map, method, seed=seed, **args)
   if len(indices) == 0:
     raise ValueError(f"sampler {method!r} with {args} selected no record from {store.path}")
   return indices
@@ -79,7 +87,7 @@ def build(config, objective, workdir: pathlib.Path) -> RunData:
   vocab = objective.model.cfg.vocab_size
   tokenizer_lib.check_vocab(tok, vocab, where="config.model.vocab_size")
   method = d.sampler or DEFAULT_SAMPLER[objective.samples]
-  if (method == "pairs") != (objective.batch_kind == "pairs"):
+  if (method in samplers.PAIR_METHODS) != (objective.batch_kind == "pairs"):
     needs = "pairs" if objective.batch_kind == "pairs" else "single records"
     raise ValueError(f"config.data.sampler={method!r} does not fit pipeline {objective.name!r} "
                      f"(it needs {needs})")
@@ -91,7 +99,8 @@ def build(config, objective, workdir: pathlib.Path) -> RunData:
                 truncation=d.truncation, bucket_lengths=tuple(d.bucket_lengths) or None)
 
   train_store = records.RecordStore(_split_path(directory, d.train_split))
-  train_indices = sample_indices(train_store, method, dict(d.sampler_args), seed=d.seed)
+  train_indices = sample_indices(train_store, method, dict(d.sampler_args), seed=d.seed,
+                                 tokenizer=tok)
   train = pipeline.make_dataset(train_store, train_indices, seed=d.seed, num_epochs=None,
                                 num_workers=d.workers, **common)
 
@@ -99,7 +108,8 @@ def build(config, objective, workdir: pathlib.Path) -> RunData:
     if not d.val_batches:
       return iter(())
     store = records.RecordStore(_split_path(directory, d.valid_split))
-    indices = sample_indices(store, method, dict(d.sampler_args), seed=d.seed)
+    indices = sample_indices(store, method, samplers.validation_args(method, d.sampler_args),
+                             seed=d.seed, tokenizer=tok)
     ds = pipeline.make_dataset(store, indices, seed=d.seed, num_epochs=None, shuffle=False,
                                **common)
     it = iter(ds)

@@ -16,13 +16,17 @@ Difficulty bins are inclusive ranges ``DifficultyBin(low, high, weight)``; a pro
 difficulty is missing (``None``/absent) or lies outside every bin goes to the bin ``missing_bin``
 (an index into ``bins``), or, by default (``missing_bin=None``), is left out of difficulty sampling.
 
-``sample(problem_index_map, method, **kwargs)`` dispatches on the method name (``METHODS``).
+``sample(problem_index_map, method, **kwargs)`` dispatches on the method name (``METHODS``), which
+also names the reference's samplers (``unique_correct``, ``unique_pairs``,
+``length_balanced_pairs``: ``wmtp_jax.data.reference_samplers``, the ``7b`` defaults).
 """
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from wmtp_jax.data import reference_samplers
 
 ProblemIndexMap = Mapping[str, Mapping[str, Any]]
 
@@ -180,9 +184,10 @@ def pairs(problem_index_map: ProblemIndexMap, *, seed: int, max_pairs_per_proble
   """``[N, 2]`` unique (correct, incorrect) line-index pairs of the same problem.
 
   Per problem, up to ``max_pairs_per_problem`` distinct pairs are drawn without replacement
-  from all its (correct, incorrect) combinations. With ``length_bins`` (increasing edges, e.g.
-  ``[0, 100, 150, 200, 300, 500, 1000, 2000]``) a correct and an incorrect solution are combined
-  only when their token lengths fall in the same bin ``[e_i, e_{i+1})`` (lengths ≥ the last edge
+  from all its (correct, incorrect) combinations (a solution may be in several). With
+  ``length_bins`` (increasing edges, e.g. ``[0, 100, 150, 200, 300, 500, 1000, 2000]``) a correct
+  and an incorrect solution are combined only when their token lengths (the index's: prompt +
+  response; ``length_balanced_pairs`` bins response lengths) fall in the same bin ``[e_i, e_{i+1})`` (lengths ≥ the last edge
   form one more bin), which removes length as a cue. ``n_samples`` then draws that many of the
   pairs (none repeated; an error if fewer exist).
   """
@@ -216,6 +221,13 @@ def pairs(problem_index_map: ProblemIndexMap, *, seed: int, max_pairs_per_proble
   return out[rng.permutation(len(out))]
 
 
+def validation_args(method: str, args: Mapping[str, Any]) -> dict:
+  """The sampler arguments for the validation split: the reference samplers take all their
+  pairs there (``n_samples`` is the training set's size; the validation reads its batches from
+  the shuffled whole), the others ``args`` unchanged."""
+  return {**args, "n_samples": None} if method in REFERENCE_METHODS else dict(args)
+
+
 def split_problems(problem_index_map: ProblemIndexMap, *, seed: int,
                    valid_fraction: float) -> tuple[dict, dict]:
   """Holds out problems for validation: ``(train_map, valid_map)`` with disjoint problem ids.
@@ -240,7 +252,14 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
     "difficulty": difficulty,
     "curriculum": curriculum,
     "pairs": pairs,
+    "unique_correct": reference_samplers.unique_correct,
+    "unique_pairs": reference_samplers.unique_pairs,
+    "length_balanced_pairs": reference_samplers.length_balanced_pairs,
 }
+REFERENCE_METHODS = ("unique_correct", "unique_pairs", "length_balanced_pairs")
+PAIR_METHODS = ("pairs", "unique_pairs", "length_balanced_pairs")  # [N, 2] outputs
+# Methods that read response lengths: run ``reference_samplers.with_response_lengths`` first.
+NEEDS_RESPONSE_LENGTHS = ("length_balanced_pairs",)
 
 
 def sample(problem_index_map: ProblemIndexMap, method: str, **kwargs) -> np.ndarray:
