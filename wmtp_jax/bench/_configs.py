@@ -12,7 +12,7 @@ from wmtp_jax.training import mesh as mesh_lib
 # configs/verifiable.py's default scheme: GAE advantages → EMA-whitened exp weights.
 WEIGHTING = dict(scheme="gae_exp", gamma=1.0, lam=0.95, initial_value=0.5, beta=1.0,
                  min_weight=0.1, max_weight=3.0, whitening="ema", ema_momentum=0.1, ema_warmup=10,
-                 temperature=1.0)
+                 temperature=1.0, control="none", renormalize="none")
 
 
 class Section(dict):
