@@ -161,3 +161,33 @@ def test_ntp_run_export_loads_in_transformers_with_our_logits(small_dataset, tmp
                 attention_mask=torch.tensor(np.asarray(batch["attention_mask"]))).logits.numpy()
   valid = np.asarray(batch["attention_mask"]).astype(bool)
   np.testing.assert_allclose(theirs[valid], ours[valid], rtol=1e-4, atol=1e-4)
+
+
+def test_policy_configs_ntp_option_and_7b_recipe():
+  """``:ntp`` builds a LLaMA policy (7b: LLaMA-3-8B, with a critic / reference of LLaMA-3's
+  vocabulary); every policy config keeps the best checkpoint by the unweighted validation CE;
+  the 7b policies carry the reference's recipe; ntp refuses the options that need MTP heads."""
+  from wmtp_jax.config import common
+  for pipeline in ("baseline", "verifiable", "rho1"):
+    for size in ("tiny", "7b"):
+      mtp, ntp = common.load(pipeline, size), common.load(pipeline, f"{size},ntp")
+      assert (mtp.model_kind, ntp.model_kind) == ("mtp", "llama")
+      assert ntp.variant == f"{size},ntp" and mtp.variant == size  # distinct run directories
+      assert isinstance(objectives.build(ntp).model, LlamaForCausalLM)
+      for c in (mtp, ntp):
+        assert c.checkpoint.best_metric == "val_unweighted"
+        if size == "7b":
+          assert c.lora.enabled and set(c.lora.settings.targets) == {
+              "wq", "wk", "wv", "wo", "w1", "w2", "w3"}
+          assert c.optim.warmup_steps == round(0.03 * c.train.steps)
+          assert c.optim.min_lr_ratio == 0.005
+      frozen = ntp.get("critic") or ntp.get("reference")
+      if size == "7b":
+        assert ntp.model.vocab_size == 128256 and ntp.model.num_key_value_heads == 8
+        if frozen is not None:  # reads the policy's token ids
+          assert frozen.model.vocab_size == frozen.run.model.vocab_size == 128256
+          assert frozen.run.model.tie_word_embeddings
+  assert common.load("rho1", "7b").rho1.k_percent == 0.7
+  for options in ("tiny,ntp,shared_head", "7b,softmax_heads,ntp"):
+    with pytest.raises(ValueError, match="option ntp"):
+      common.load("verifiable", options)
