@@ -144,6 +144,7 @@ def _from_checkpoint(path: pathlib.Path, data: str | None, split: str | None) ->
   if data is None:
     raise ValueError(f"--run {path} is a converted checkpoint, which names no dataset: give "
                      f"--data DATASET_DIR")
+  dataset = _dataset(None, data)
   stored = pretrained.stored_kind(path)
   kinds = {v: k for k, v in MODEL_KINDS.items()}
   if stored not in kinds:
@@ -151,7 +152,7 @@ def _from_checkpoint(path: pathlib.Path, data: str | None, split: str | None) ->
                      f"(value model) nor a reference (LLaMA); for a policy pass its rho1 run")
   kind = kinds[stored]
   config = pretrained.read_config(path)
-  return Source(kind=kind, model=path, policy=None, dataset=_dataset(None, data),
+  return Source(kind=kind, model=path, policy=None, dataset=dataset,
                 split=split or "valid",
                 settings=config_lib.load("verifiable").weighting if kind == CRITIC else None,
                 rewards=False, ema=None, n_heads=1, max_len=config.max_position_embeddings,
