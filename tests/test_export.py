@@ -14,11 +14,13 @@ import safetensors
 import safetensors.torch
 import torch
 import transformers
-from convert_helpers import (LLAMA3_SCALING, LLAMA3_SEQ, MTP, TOKENIZER_VOCAB, VOCAB, hf_llama3,
-                             hf_logits, meta_model, run, tokenizer_dir, write_hf, write_meta)
+from convert_helpers import (LLAMA3_SCALING, LLAMA3_SEQ, LLAMA3_VOCAB, MTP, TOKENIZER_VOCAB, VOCAB,
+                             hf_llama3, hf_logits, meta_model, run, tokenizer_dir, write_hf,
+                             write_llama3_tokenizer, write_meta)
 from flax import traverse_util
 from torch_reference import TorchMTP, hf_llama, padded_batch, randomize_
 
+import flax.linen as nn
 import jax
 
 from wmtp_jax.checkpoints import export, pretrained
@@ -226,3 +228,18 @@ def test_load_and_export_check_the_tree_against_the_config(tmp_path, meta_model)
   assert not (tmp_path / "hf").exists()
   with pytest.raises(ValueError, match="export-meta writes Meta's MTP layout"):
     export.export_meta(LlamaConfig(), {}, tmp_path / "meta", dtype="float32")
+
+
+def test_hf_export_takes_the_special_token_ids_of_its_tokenizer(tmp_path):
+  """A LLaMA-3 tokenizer's BOS / EOS (128000 / 128001; no pad token) reach ``config.json``, so
+  that generation in transformers stops at its EOS rather than at transformers' default id 2."""
+  tokenizer = write_llama3_tokenizer(tmp_path / "tokenizer")
+  cfg = LlamaConfig(vocab_size=LLAMA3_VOCAB, hidden_size=16, intermediate_size=32,
+                    num_hidden_layers=1, num_attention_heads=2, tie_word_embeddings=True)
+  params = jax.jit(LlamaForCausalLM(cfg).init)(jax.random.key(0), np.zeros((1, 4), np.int32))
+  flat = traverse_util.flatten_dict(jax.device_get(nn.meta.unbox(params["params"])))
+  export.export_hf(cfg, flat, tmp_path / "hf", dtype="float32", tokenizer=tokenizer)
+  written = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert (written["bos_token_id"], written["eos_token_id"]) == (128000, 128001)
+  assert written.get("pad_token_id") is None
+  assert (tmp_path / "hf" / "tokenizer.json").is_file()

@@ -19,11 +19,14 @@ from safetensors import safe_open
 
 from wmtp_jax.checkpoints import layouts, pretrained
 from wmtp_jax.checkpoints.sources import new_dir, to_torch
+from wmtp_jax.data import tokenizer as tokenizer_lib
 from wmtp_jax.models import layers, strict
 from wmtp_jax.models.llama import LlamaConfig
 from wmtp_jax.models.mtp import MTPConfig
 
 EXTRA_HEADS_FILE = "extra_heads.safetensors"
+# config.json's special token ids, from the exported tokenizer
+SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # Fields of Meta's ``params.json`` (``max_seq_len`` and the numerics are ours, not Meta's).
 META_PARAMS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
                "ffn_dim_multiplier", "norm_eps", "rope_theta", "n_future_tokens")
@@ -58,10 +61,13 @@ def _copy_tokenizer_files(tokenizer: str | Path | None, dst: Path) -> None:
         shutil.copyfile(Path(tokenizer) / name, dst / name)
 
 
-def hf_config(config: MTPConfig | LlamaConfig, dtype: str) -> transformers.LlamaConfig:
+def hf_config(config: MTPConfig | LlamaConfig, dtype: str,
+              tokenizer=None) -> transformers.LlamaConfig:
   """The ``transformers.LlamaConfig`` of the exported ``LlamaForCausalLM`` (for an MTP model: the
   next-token path, ``n_layers − n_future + 1`` layers), with the RoPE scaling and embedding tying
-  of a ``LlamaConfig``."""
+  of a ``LlamaConfig``, and the BOS / EOS / pad ids of ``tokenizer`` (a loaded tokenizer; without
+  one, transformers' defaults 1 / 2 / none, LLaMA-2's: LLaMA-3's are 128000 / 128001, and
+  generation in transformers stops at the config's EOS)."""
   b = config.block
   if isinstance(config, MTPConfig):
     n_layers, max_positions, tied = config.n_trunk_layers + 1, config.max_seq_len, False
@@ -74,7 +80,8 @@ def hf_config(config: MTPConfig | LlamaConfig, dtype: str) -> transformers.Llama
       num_hidden_layers=n_layers, num_attention_heads=b.n_heads, num_key_value_heads=b.n_kv_heads,
       max_position_embeddings=max_positions, rms_norm_eps=b.norm_eps, rope_theta=b.rope_theta,
       rope_scaling=scaling, hidden_act="silu", tie_word_embeddings=tied, attention_bias=False,
-      mlp_bias=False, dtype=dtype)
+      mlp_bias=False, dtype=dtype,
+      **({} if tokenizer is None else {k: getattr(tokenizer, k) for k in SPECIAL_TOKEN_IDS}))
   out.architectures = ["LlamaForCausalLM"]
   return out
 
@@ -112,7 +119,8 @@ def export_hf(config: MTPConfig | LlamaConfig, params: Mapping, dst: str | Path,
   names = (["model.safetensors"] if len(shards) == 1 else
            [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
   with new_dir(dst):
-    hf_config(config, dtype).save_pretrained(dst)
+    tok = None if tokenizer is None else tokenizer_lib.load_tokenizer(tokenizer)
+    hf_config(config, dtype, tok).save_pretrained(dst)
     tensors = layouts.flax_to_tensors(entries, params, config.block, dtype=jnp.dtype(dtype))
     for name, keys in zip(names, shards):
       shard = {key: to_torch(w) for key, w in (next(tensors) for _ in keys)}
