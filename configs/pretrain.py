@@ -1,6 +1,6 @@
 """``pretrain``: a tiny pretrained base, MTP or LLaMA, on the synthetic pre-training corpus.
 
-    python -m wmtp_jax.main --config=configs/pretrain.py:mtp|llama [--config.a.b=v …] [--workdir=DIR]
+    python -m wmtp_jax.main --config=configs/pretrain.py:mtp|llama [--config.a.b=v …]
 
 The tiny runs start from these bases (``config.init.base``): the policies from ``mtp`` (the tiny
 MTP preset, all heads trained), the critic, the reference and the ``:ntp`` policy from ``llama``

@@ -1,8 +1,10 @@
 """``python -m wmtp_jax.main --config=configs/<pipeline>.py[:variant] [--config.a.b=v …]
 [--workdir=DIR]``
 
-Runs one pipeline. Frozen models a pipeline needs (the ``verifiable`` critic, the ``rho1``
-reference) are trained first into ``WORKDIR/<name>`` when their ``checkpoint`` is empty; policy
+Runs one pipeline. A run whose ``init.checkpoint`` is empty starts from the tiny pretrained base
+``init.base`` (the tiny default), built once into the cache (``training.bases``). Frozen models a
+pipeline needs (the ``verifiable`` critic, the ``rho1`` reference) are trained first into
+``WORKDIR/<name>`` when their ``checkpoint`` is empty, with the job's ``seed``; policy
 pipelines then report held-out pass@1 of the trained policy next to the untrained one
 (``config.evaluate``). Restarting the same command resumes where it stopped; restarting a finished
 job reports again (each phase's final metrics read back from its ``metrics.jsonl``).

@@ -82,7 +82,10 @@ Splits. A problem is identified by its specification key (family, primitives in 
 constants), e.g. ``int:mul=3,add=2``; the instruction text is a function of the key and vice
 versa. Each key belongs to exactly one split, chosen by a salted SHA-256 hash of the key that does
 not depend on the seed (80 % train, 10 % valid, 10 % test), so held-out problems are unseen
-combinations of the same primitives and constants — for every seed, in every split size.
+combinations of the same primitives and constants — for every seed, in every split size. A fourth
+set, ``pretrain`` (``PRETRAIN``), feeds the tiny bases' pre-training corpus (``corpus``): keys that
+hash to train but are not among a given dataset's train problems, so a base never sees a problem
+of the dataset it is fine-tuned on, while the three splits stay as they are.
 
 Files: ``write_dataset`` writes the dataset directory described in ``wmtp_jax.data`` plus
 ``synthetic.json`` (the generation parameters; written last, so it marks a complete dataset),
@@ -93,7 +96,9 @@ parameters. CLI: ``python -m wmtp_jax.data.synthetic --out DIR [--seed 0] [--n-t
 
 Modules: ``grammar`` (primitives, families, specifications, sampling, mutations), ``render``
 (source code in each surface style, instruction text), ``problems`` (splits, tests,
-``generate_problems``), ``label`` (sandboxed labelling), ``dataset`` (files, cache, CLI).
+``generate_problems``), ``label`` (sandboxed labelling), ``dataset`` (files, cache, CLI),
+``corpus`` (the pre-training corpus of the tiny bases: code and instructions in separate
+documents, so that a base learns the language but not the instruction→solution mapping).
 """
 
 from wmtp_jax.data.synthetic.dataset import (DEFAULT_SIZES, DEFAULT_VOCAB_SIZE, GENERATOR_VERSION,
@@ -101,4 +106,5 @@ from wmtp_jax.data.synthetic.dataset import (DEFAULT_SIZES, DEFAULT_VOCAB_SIZE, 
                                              cached_path, ensure_dataset, main, write_dataset)
 from wmtp_jax.data.synthetic.grammar import ENTRY_POINT
 from wmtp_jax.data.synthetic.label import label_candidates
-from wmtp_jax.data.synthetic.problems import SOURCE, SPLITS, Problem, generate_problems, split_of
+from wmtp_jax.data.synthetic.problems import (PRETRAIN, SOURCE, SPLITS, Problem, generate_problems,
+                                              split_of)
