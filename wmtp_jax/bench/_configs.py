@@ -37,17 +37,18 @@ def run_config(pipeline: str, size: str, model: dict, **sections: dict) -> Secti
   ``critic``, ``weighting``)."""
   tiny = size == "tiny"
   config = dict(
-      pipeline=pipeline, variant=size, seed=0, model=model,
+      pipeline=pipeline, variant=size, seed=0, model=model, model_kind="mtp",
       init=dict(checkpoint=""),
       mesh=dict(shape=dict(data=-1, fsdp=1, tensor=1), preset=mesh_lib.DEFAULT_PRESET, rules=()),
       data=dict(samples="correct"),
       train=dict(grad_accum=1, trainable=".*" if tiny else "",
                  frozen_param_dtype="" if tiny else "bfloat16"),
-      optim=dict(lr=3e-3 if tiny else 1e-4, min_lr_ratio=0.1, warmup_steps=20 if tiny else 100,
-                 weight_decay=0.0 if tiny else 0.01, b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
-                 groups={}),
-      lora=dict(enabled=not tiny, settings=dict(rank=64, alpha=128.0, dropout=0.05,
-                                                targets=("wq", "wk", "wv", "wo"))),
+      optim=dict(lr=3e-3 if tiny else 1e-4, min_lr_ratio=0.1 if tiny else 0.005,
+                 warmup_steps=20 if tiny else 60, weight_decay=0.0 if tiny else 0.01, b1=0.9,
+                 b2=0.95, eps=1e-8, grad_clip=1.0, groups={}),
+      lora=dict(enabled=not tiny, settings=dict(
+          rank=64, alpha=128.0, dropout=0.05,
+          targets=("wq", "wk", "wv", "wo") + (() if tiny else ("w1", "w2", "w3")))),
       loss=dict(memory_efficient=not tiny, vocab_block=8192, token_block=1024))
   for name, values in sections.items():
     config[name] = {**config.get(name, {}), **values}
