@@ -29,7 +29,7 @@ class _Blocks(HTMLParser):
     if tag == "pre" and attrs.get("class") == "code":
       self._pre = True
       self.blocks.append({"tokens": [], "text": ""})
-    elif tag == "span" and self._pre:
+    elif tag == "span" and self._pre and "t" in attrs["class"].split():
       self._span = {"classes": attrs["class"].split(), "title": attrs["title"], "text": ""}
 
   def handle_endtag(self, tag):

@@ -17,7 +17,7 @@ def test_token_pieces_cover_every_character_once_in_order():
   assert "".join(g + p for g, p in zip(gaps, pieces)) == text
 
 
-def test_choose_pairs_first_with_the_nearest_correct_solution_then_singles():
+def test_candidates_pairs_first_with_the_nearest_correct_solution_then_singles():
   outputs = {0: "return x + 1", 1: "y = x\nreturn y + 1", 2: "return x + 2", 3: "return 7",
              4: "return 8", 5: "return 9"}
   index_map = {
@@ -25,11 +25,8 @@ def test_choose_pairs_first_with_the_nearest_correct_solution_then_singles():
       "p/1": {"correct_indices": [3], "incorrect_indices": []},
       "p/2": {"correct_indices": [], "incorrect_indices": [4, 5]},
   }
-  chosen = samples.choose(index_map, 3, seed=0, output=outputs.__getitem__)
-  assert chosen == [(0, 2), (3, None), (None, 4)]
-  assert samples.choose(index_map, 1, seed=0, output=outputs.__getitem__) == [(0, 2)]
-  with pytest.raises(ValueError, match="--n 0: show at least one sample"):
-    samples.choose(index_map, 0, seed=0)
+  chosen = samples.candidates(index_map, seed=0, output=outputs.__getitem__)
+  assert list(chosen) == [(0, 2), (3, None), (None, 4)]
 
 
 def test_encode_keeps_the_eos_and_the_span_masks(small_dataset):
@@ -58,12 +55,17 @@ def test_spans_asked_for_where_there_are_none_is_an_error(small_dataset):
     samples.held_out(small_dataset, "nope", tokenizer, 2, 160)
   with pytest.raises(ValueError, match="--spans 'yes'"):
     samples.held_out(small_dataset, "valid", tokenizer, 2, 160, spans="yes")
+  with pytest.raises(ValueError, match="--n 0: show at least one sample"):
+    samples.held_out(small_dataset, "valid", tokenizer, 0, 160)
+  with pytest.raises(ValueError, match="valid.jsonl: no record has a prompt that leaves room"):
+    samples.held_out(small_dataset, "valid", tokenizer, 2, 20)
 
 
 def test_held_out_pairs_are_one_problems_correct_and_incorrect(small_dataset):
   tokenizer = tokenizer_lib.load_tokenizer(small_dataset / "tokenizer")
   pairs = samples.held_out(small_dataset, "valid", tokenizer, 3, 160)
-  assert len(pairs) == 3
+  ids = [pos.record["problem_id"] for pos, _ in pairs]
+  assert len(pairs) == 3 and ids == sorted(ids)
   for pos, neg in pairs:
     assert pos.record["problem_id"] == neg.record["problem_id"]
     assert pos.record["is_correct"] and not neg.record["is_correct"]

@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
   t.add_argument("--color", choices=sorted(scale_lib.QUANTITIES), default=None,
                  help="the coloured quantity (default: td for a critic, excess for a rho1 run, "
                       "else loss)")
-  t.add_argument("--out", default=None, help="output directory (default: RUN/analysis)")
+  t.add_argument("--out", default=None, help="output directory (default: RUN/analysis; for a "
+                                             "converted checkpoint ./analysis)")
   t.add_argument("--data", default=None, help="dataset directory (default: the run's)")
   t.add_argument("--split", default=None, help="held-out split (default: the run's valid split)")
   t.add_argument("--spans", choices=samples.SPAN_MODES, default="auto",
@@ -80,13 +81,14 @@ def tokens(args: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path]:
   rows = [(pair, tuple(None if s is None else next(values) for s in pair)) for pair in pairs]
   scale = scale_lib.fit(quantity, np.concatenate(
       [v[quantity] for _, pair_values in rows for v in pair_values if v is not None]))
-  meta = [f"{source.label}; model {source.model}"
+  meta = [source.label + ("" if str(source.model) in source.label else f"; model {source.model}")
           + (f"; policy {source.policy}" if source.policy else ""),
           f"held-out split {source.split!r} of {source.dataset}; {len(pairs)} problems",
           _describe(source, quantity, args.head),
           f"colours: {scale_lib.RANGE_NOTE}; hover a token for its numbers "
           f"({', '.join(available)})"]
-  out = pathlib.Path(args.out) if args.out else pathlib.Path(args.run) / "analysis"
+  checkpoint = (pathlib.Path(args.run) / pretrained.CONFIG_FILE).is_file()
+  out = pathlib.Path(args.out or ("analysis" if checkpoint else pathlib.Path(args.run) / "analysis"))
   out.mkdir(parents=True, exist_ok=True)
   page_path, png_path = out / f"tokens-{quantity}.html", out / f"tokens-{quantity}.png"
   page_path.write_text(html.page(rows, scale, meta=meta), encoding="utf-8")

@@ -3,7 +3,8 @@
 Every response token of a sample is one ``<span class="t">`` inside the sample's
 ``<pre class="code">``, in order; its background is the colour of the shown quantity, its tooltip
 (``title``) every quantity's number. The characters no token covers are plain text between the
-spans, so the ``<pre>``'s text is the solution exactly (the closing EOS adds ``</s>``). Classes:
+spans, so the ``<pre>``'s text is the solution exactly (the closing EOS adds ``</s>``; what truncation
+cut is the last ``<span class="tail">``, greyed, not a token). Token classes:
 ``crit`` (a critical-span token, underlined), ``mut`` (a mutated-span token, boxed), ``drop``
 (the critic's largest value drop, i.e. most negative TD error, of the sample), ``eos``, ``nl``
 (a token holding a line break, drawn with a ↵ before it), ``empty`` (no characters of its own).
@@ -52,6 +53,8 @@ pre.input { font-size: 12px; color: #555; margin-bottom: 8px; }
 .t.drop::after { content: "\\25BC"; color: #a000ff; font-size: 9px; vertical-align: super; }
 .t.eos { font-size: 10px; padding: 0 2px; }
 .t.empty::before { content: "\\00B7"; color: #888; }
+.tail { color: #999; background: repeating-linear-gradient(135deg, #fff 0 6px, #eee 6px 12px); }
+.tail::before { content: "[not scored: past the run's max_len] "; font-style: italic; }
 .t.nl::before { content: "\\21B5"; color: #999; font-size: 11px; }
 """
 
@@ -60,25 +63,33 @@ def _e(text: str) -> str:
   return html.escape(text, quote=True)
 
 
+def _name(sample: Sample, i: int) -> str:
+  """How token ``i`` is named in text: ``EOS`` or its characters' ``repr``."""
+  return "EOS" if sample.is_eos(i) else repr(sample.pieces[i])
+
+
 def _title(sample: Sample, i: int, values: Mapping[str, np.ndarray]) -> str:
-  piece = "EOS" if sample.eos and i == sample.n_tokens - 1 else repr(sample.pieces[i])
+  piece = _name(sample, i)
   marks = [field for field, mask in sample.spans.items() if mask[i]]
   numbers = ", ".join(f"{k} {float(v[i]):.4g}" for k, v in values.items())
   return f"#{i} {piece}: {numbers}" + (f" [{', '.join(marks)}]" if marks else "")
 
 
-def drop_index(values: Mapping[str, np.ndarray]) -> int | None:
-  """The token of the most negative TD error (a critic's largest value drop), else None."""
-  return int(np.argmin(values["td"])) if "td" in values and len(values["td"]) else None
+def _drop(sample: Sample, values: Mapping[str, np.ndarray]) -> int | None:
+  """An incorrect sample's token of the most negative TD error (a critic's largest value drop);
+  None for a correct sample or without TD errors."""
+  if sample.record["is_correct"] or "td" not in values:
+    return None
+  return int(np.argmin(values["td"]))
 
 
-def code(sample: Sample, values: Mapping[str, np.ndarray], scale: Scale) -> str:
+def _code(sample: Sample, values: Mapping[str, np.ndarray], scale: Scale) -> str:
   """The sample's ``<pre class="code">`` (module docstring)."""
   shown = values[scale.quantity]
-  drop = None if sample.record["is_correct"] else drop_index(values)
+  drop = _drop(sample, values)
   parts = []
   for i, (gap, piece) in enumerate(zip(sample.gaps, sample.pieces)):
-    eos = sample.eos and i == sample.n_tokens - 1
+    eos = sample.is_eos(i)
     classes = ["t", *(cls for field, cls in SPAN_CLASSES.items()
                       if field in sample.spans and sample.spans[field][i])]
     classes += [cls for cls, on in (("drop", i == drop), ("eos", eos), ("nl", "\n" in piece),
@@ -87,7 +98,8 @@ def code(sample: Sample, values: Mapping[str, np.ndarray], scale: Scale) -> str:
     style = f"background:{scale.hex(x)};color:{scale.text_colour(x)}"
     parts.append(f'{_e(gap)}<span class="{" ".join(classes)}" style="{style}" '
                  f'title="{_e(_title(sample, i, values))}">{_e(EOS_TEXT if eos else piece)}</span>')
-  return f'<pre class="code">{"".join(parts)}{_e(sample.tail)}</pre>'
+  tail = f'<span class="tail">{_e(sample.tail)}</span>' if sample.tail else ""
+  return f'<pre class="code">{"".join(parts)}{tail}</pre>'
 
 
 def _summary(sample: Sample, values: Mapping[str, np.ndarray], quantity: str) -> str:
@@ -96,15 +108,15 @@ def _summary(sample: Sample, values: Mapping[str, np.ndarray], quantity: str) ->
   for field, mask in sample.spans.items():
     if mask.any():
       parts.append(f"on {field} {shown[mask].mean():.3g}")
-  drop = None if sample.record["is_correct"] else drop_index(values)
+  drop = _drop(sample, values)
   if drop is not None:
     where = ""
     if "mutated" in sample.spans:
       where = (" (inside the mutated span)" if sample.spans["mutated"][drop] else
                " (outside the mutated span)")
-    parts.append(f"largest value drop: token #{drop} {sample.pieces[drop]!r}{where}")
+    parts.append(f"largest value drop: token #{drop} {_name(sample, drop)}{where}")
   if sample.tail:
-    parts.append(f"truncated: {len(sample.tail)} characters not shown")
+    parts.append(f"truncated: {len(sample.tail)} characters past max_len not scored")
   return " · ".join(parts)
 
 
@@ -115,7 +127,7 @@ def _side(sample: Sample | None, values, scale: Scale, correct: bool) -> str:
             f'the split</div><div></div></div>')
   badge = f'<span class="badge {"ok" if correct else "bad"}">{label}</span>'
   return (f'<div class="side"><div class="head">{badge} '
-          f'{_e(_summary(sample, values, scale.quantity))}</div>{code(sample, values, scale)}'
+          f'{_e(_summary(sample, values, scale.quantity))}</div>{_code(sample, values, scale)}'
           f'</div>')
 
 

@@ -11,8 +11,9 @@ pieces of one character) or that has none (the EOS) gets an empty piece.
 
 import dataclasses
 import difflib
+import logging
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from wmtp_jax import IGNORE_INDEX
 from wmtp_jax.data import records, template
 from wmtp_jax.data.schema import SPAN_FIELDS
 
+log = logging.getLogger("wmtp_jax")
 SPAN_MODES = ("auto", "require", "off")
 
 
@@ -41,33 +43,33 @@ class Sample:
   def n_tokens(self) -> int:
     return len(self.pieces)
 
+  def is_eos(self, i: int) -> bool:
+    """Whether response token ``i`` is the closing EOS."""
+    return self.eos and i == len(self.pieces) - 1
+
 
 Pair = tuple[Sample | None, Sample | None]   # (correct, incorrect); one of them may be missing
 
 
-def choose(problem_index_map: Mapping[str, Mapping], n: int, *, seed: int,
-           output=lambda i: "") -> list[tuple[int | None, int | None]]:
-  """``n`` (correct, incorrect) record indices: problems with both first (drawn with ``seed``;
-  the incorrect one at random, the correct one nearest to it by ``difflib`` ratio of
-  ``output(index)``), then single solutions of other problems (None on the missing side)."""
-  if n < 1:
-    raise ValueError(f"--n {n}: show at least one sample")
+def candidates(problem_index_map: Mapping[str, Mapping], *, seed: int,
+               output=lambda i: "") -> Iterator[tuple[int | None, int | None]]:
+  """(correct, incorrect) record indices, problem by problem: those with both first, in an order
+  drawn with ``seed`` (the incorrect one at random, the correct one nearest to it by ``difflib``
+  ratio of ``output(index)``), then single solutions of the other problems (None on the missing
+  side) by problem id."""
   rng = np.random.default_rng(seed)
   entries = sorted(problem_index_map.items())
   both = [e for e in entries if e[1]["correct_indices"] and e[1]["incorrect_indices"]]
-  picked = sorted(rng.permutation(len(both))[:n].tolist())
-  chosen = []
-  for i in picked:
+  for i in rng.permutation(len(both)):
     entry = both[i][1]
     neg = int(rng.choice(entry["incorrect_indices"]))
     pos = max(entry["correct_indices"], key=lambda c: difflib.SequenceMatcher(
         None, output(c), output(neg), autojunk=False).ratio())
-    chosen.append((int(pos), neg))
-  rest = [e for e in entries if not (e[1]["correct_indices"] and e[1]["incorrect_indices"])]
-  for _, entry in rest[:n - len(chosen)]:
+    yield int(pos), neg
+  for _, entry in entries:
     correct, incorrect = entry["correct_indices"], entry["incorrect_indices"]
-    chosen.append((correct[0], None) if correct else (None, incorrect[0]))
-  return chosen
+    if not (correct and incorrect):
+      yield (correct[0], None) if correct else (None, incorrect[0])
 
 
 def token_pieces(text: str, offsets: Sequence[Sequence[int]]) -> tuple[list[str], list[str]]:
@@ -83,9 +85,10 @@ def token_pieces(text: str, offsets: Sequence[Sequence[int]]) -> tuple[list[str]
   return pieces, gaps
 
 
-def encode(record: Mapping, tokenizer, max_len: int, *, spans: str, where: str) -> Sample:
-  """The ``Sample`` of ``record`` (``spans``: one of ``SPAN_MODES``; ``where`` names the record
-  in errors)."""
+def encode(record: Mapping, tokenizer, max_len: int, *, spans: str,
+           where: str) -> Sample | None:
+  """The ``Sample`` of ``record``, or None when its prompt leaves no room for a response in
+  ``max_len`` tokens (``spans``: one of ``SPAN_MODES``; ``where`` names the record in errors)."""
   carried = [f for f in SPAN_FIELDS if f in record]
   if spans == "require" and not carried:
     raise ValueError(f"{where}: --spans require, but the record carries no ground-truth spans "
@@ -94,7 +97,7 @@ def encode(record: Mapping, tokenizer, max_len: int, *, spans: str, where: str) 
     record = {k: v for k, v in record.items() if k not in SPAN_FIELDS}
   example = template.encode(record, tokenizer, max_len, truncation="response")
   if example is None:
-    raise ValueError(f"{where}: its prompt leaves no room for a response in {max_len} tokens")
+    return None
   if not getattr(tokenizer, "is_fast", False):
     raise ValueError(f"{where}: the token page needs character offsets, i.e. a fast tokenizer; "
                      f"got {type(tokenizer).__name__}")
@@ -119,20 +122,34 @@ def encode(record: Mapping, tokenizer, max_len: int, *, spans: str, where: str) 
 
 def held_out(dataset: pathlib.Path, split: str, tokenizer, n: int, max_len: int, *,
              seed: int = 0, spans: str = "auto") -> list[Pair]:
-  """``n`` pairs of ``dataset``'s split ``split`` (``choose``), encoded."""
+  """The first ``n`` problems of ``candidates`` in ``dataset``'s split ``split``, encoded and
+  sorted by problem id; a problem with a prompt too long for ``max_len`` is left out."""
+  if n < 1:
+    raise ValueError(f"--n {n}: show at least one sample")
   if spans not in SPAN_MODES:
     raise ValueError(f"--spans {spans!r}: expected one of {SPAN_MODES}")
   path = dataset / f"{split}.jsonl"
   if not path.is_file():
     raise FileNotFoundError(f"{path}: the dataset has no split {split!r}")
   store = records.RecordStore(path)
-  output = lambda i: store[i]["output"]
-  pairs = []
-  for indices in choose(store.meta["problem_index_map"], n, seed=seed, output=output):
-    pairs.append(tuple(None if i is None else encode(store[i], tokenizer, max_len, spans=spans,
-                                                      where=f"{path}: record {i}")
-                       for i in indices))
+  pairs, skipped = [], 0
+  for indices in candidates(store.meta["problem_index_map"], seed=seed,
+                            output=lambda i: store[i]["output"]):
+    pair = tuple(None if i is None else encode(store[i], tokenizer, max_len, spans=spans,
+                                               where=f"{path}: record {i}") for i in indices)
+    if any(s is None and i is not None for s, i in zip(pair, indices)):
+      skipped += 1
+      continue
+    pairs.append(pair)
+    if len(pairs) == n:
+      break
+  if skipped:
+    log.warning("%s: %d problem(s) left out, their prompt leaves no room for a response in "
+                "%d tokens", path, skipped, max_len)
+  if not pairs:
+    raise ValueError(f"{path}: no record has a prompt that leaves room for a response in "
+                     f"{max_len} tokens")
   marked = {bool(s.spans) for pair in pairs for s in pair if s is not None}
   if len(marked) > 1:
     raise ValueError(f"{path}: some records carry ground-truth spans and others do not")
-  return pairs
+  return sorted(pairs, key=lambda pair: (pair[0] or pair[1]).record["problem_id"])
