@@ -88,7 +88,8 @@ def tokens(args: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path]:
           f"colours: {scale_lib.RANGE_NOTE}; hover a token for its numbers "
           f"({', '.join(available)})"]
   checkpoint = (pathlib.Path(args.run) / pretrained.CONFIG_FILE).is_file()
-  out = pathlib.Path(args.out or ("analysis" if checkpoint else pathlib.Path(args.run) / "analysis"))
+  out = pathlib.Path(args.out or ("analysis" if checkpoint else
+                                  pathlib.Path(args.run) / "analysis"))
   out.mkdir(parents=True, exist_ok=True)
   page_path, png_path = out / f"tokens-{quantity}.html", out / f"tokens-{quantity}.png"
   page_path.write_text(html.page(rows, scale, meta=meta), encoding="utf-8")

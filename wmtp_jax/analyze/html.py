@@ -3,8 +3,8 @@
 Every response token of a sample is one ``<span class="t">`` inside the sample's
 ``<pre class="code">``, in order; its background is the colour of the shown quantity, its tooltip
 (``title``) every quantity's number. The characters no token covers are plain text between the
-spans, so the ``<pre>``'s text is the solution exactly (the closing EOS adds ``</s>``; what truncation
-cut is the last ``<span class="tail">``, greyed, not a token). Token classes:
+spans, so the ``<pre>``'s text is the solution exactly (the closing EOS adds ``</s>``; what
+truncation cut is the last ``<span class="tail">``, greyed, not a token). Token classes:
 ``crit`` (a critical-span token, underlined), ``mut`` (a mutated-span token, boxed), ``drop``
 (the critic's largest value drop, i.e. most negative TD error, of the sample), ``eos``, ``nl``
 (a token holding a line break, drawn with a ↵ before it), ``empty`` (no characters of its own).
