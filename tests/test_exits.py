@@ -305,13 +305,13 @@ def test_summary_lines_of_a_report():
                        "model": "w/critic/model"},
             "verifiable": {"status": "preempted", "step": 3, "total_steps": 8,
                            "metrics": {"loss": 1.25}, "best": None, "model": None},
-            "evaluation": {"status": "finished", "untrained": {"pass@1": 0.0},
-                           "trained": {"pass@1": 0.25}}}
+            "evaluation": {"status": "finished", "base": {"pass@1": 0.0},
+                           "finetuned": {"pass@1": 0.25}, "problems_file": "w/eval/p.jsonl"}}
   assert console.summary(report, pathlib.Path("w/report.json"), pathlib.Path("w/log.txt")) == [
       "critic: finished at step 4/4; final loss=0.5 val_loss=0.625; best val_loss=0.5 at step 2; "
       "model w/critic/model",
       "verifiable: preempted at step 3/8; final loss=1.25",
-      "evaluation: held-out pass@1 untrained 0.000, trained 0.250",
+      "evaluation: held-out pass@1 base 0.000, finetuned 0.250",
       "report w/report.json; full log w/log.txt",
       "preempted"]
   failed = {"status": "failed", "error": "missing file: x", "baseline": {"status": "failed"}}

@@ -16,7 +16,7 @@ import pytest
 from decoding_helpers import (EOS, LLAMA_CFG, MTP_CFG, model_and_params, mtp_model,
                               random_prompts, shared_generator)
 from wmtp_jax.decoding import generator as gen
-from wmtp_jax.eval import benchmarks
+from wmtp_jax.eval.prompts import truncate_at_stop
 from wmtp_jax.models.llama import LlamaForCausalLM
 
 
@@ -80,7 +80,7 @@ def test_stop_sequences_finish_rows_on_the_host():
   # The first token comes from the prefill; the row finished at the first check (8 steps).
   assert len(got.tokens[0]) == 9
   assert got.tokens[0] == full.tokens[0][:9]
-  assert benchmarks.truncate_at_stop(decode(got.tokens[0]), [stop]) == decode(full.tokens[0][:3])
+  assert truncate_at_stop(decode(got.tokens[0]), [stop]) == decode(full.tokens[0][:3])
   with pytest.raises(ValueError, match="decode_fn"):
     shared_generator()(params, prompts, max_new_tokens=4, eos_id=-1, stop=["x"])
   with pytest.raises(ValueError, match="draft_heads"):

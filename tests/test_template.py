@@ -236,3 +236,23 @@ def test_span_masks_need_a_fast_tokenizer(tokenizer):
       template.encode(WITH_INPUT, tokenizer, 512))
   with pytest.raises(ValueError, match="record 'p0' carries spans .* need a fast tokenizer"):
     template.encode(_with_spans(WITH_INPUT, [(0, 3)]), SlowTokenizer(), 512)
+
+
+@pytest.mark.parametrize("record", [WITH_INPUT, NO_INPUT], ids=["with_input", "no_input"])
+def test_without_eos_the_row_ends_with_the_response(tokenizer, record):
+  """``add_eos=False`` (``data.train_eos``, the reference's recipe): the same row less the EOS,
+  labels on exactly the response; lengths, span masks and truncation follow."""
+  with_eos = template.encode(record, tokenizer, 512)
+  example = template.encode(record, tokenizer, 512, add_eos=False)
+  np.testing.assert_array_equal(example.tokens, with_eos.tokens[:-1])
+  np.testing.assert_array_equal(example.labels, with_eos.labels[:-1])
+  _, labelled = _split(example)
+  assert tokenizer.eos_token_id not in example.tokens.tolist()
+  assert tokenizer.decode(labelled) == record["output"]
+  assert template.example_length(record, tokenizer, add_eos=False) == len(example)
+  spans = _with_spans(record, [(0, 3)], [(4, 5)])
+  for key, mask in template.encode(spans, tokenizer, 512, add_eos=False).span_masks.items():
+    np.testing.assert_array_equal(
+        mask, template.encode(spans, tokenizer, 512).span_masks[key][:-1])
+  cut = template.encode(record, tokenizer, len(example) - 2, add_eos=False)
+  np.testing.assert_array_equal(cut.tokens, example.tokens[:-2])

@@ -5,15 +5,17 @@ Runs one pipeline. A run whose ``init.checkpoint`` is empty starts from the tiny
 ``init.base`` (the tiny default), built once into the cache (``training.bases``). Frozen models a
 pipeline needs (the ``verifiable`` critic, the ``rho1`` reference) are trained first into
 ``WORKDIR/<name>`` when their ``checkpoint`` is empty, with the job's ``seed``; policy
-pipelines then report held-out pass@1 of the trained policy next to the untrained one
-(``config.evaluate``). Restarting the same command resumes where it stopped; restarting a finished
-job reports again (each phase's final metrics read back from its ``metrics.jsonl``).
+pipelines then evaluate the base and the fine-tuned policy on held-out problems (pass@k, greedy
+pass@1, per-head accuracy; ``config.evaluate``, ``eval.compare``). Restarting the same command
+resumes where it stopped; restarting a finished job reports again (each phase's final metrics
+read back from its ``metrics.jsonl``).
 
 Exit status: 0 finished; 75 (``EX_TEMPFAIL``, "try again") stopped by SIGTERM or SIGINT (Ctrl-C):
 the running phase saved a checkpoint, no later phase started, and the same command resumes; 1
 failed. ``WORKDIR/report.json`` holds the job's ``status`` (``"finished"`` | ``"preempted"`` |
 ``"failed"``, with the failure's one-line ``error``) and one entry per phase (``status``,
-``step`` of ``total_steps``, final ``metrics``, ``best``, ``model``; ``evaluation``: pass@1).
+``step`` of ``total_steps``, final ``metrics``, ``best``, ``model``; ``evaluation``: base vs
+fine-tuned, its per-problem results in ``WORKDIR/<pipeline>/eval/problems.jsonl``).
 The console shows this package's messages and the libraries' warnings; ``WORKDIR/log.txt`` has
 the full log (``training.console``). A known failure (full disk, permission denied, missing file,
 corrupt checkpoint, unknown config key, …: ``failures``) is one line naming its culprit, its
@@ -133,7 +135,7 @@ def _run(config, workdir: pathlib.Path) -> tuple[dict, BaseException | None]:
     _train(phases, config.pipeline, config, workdir / config.pipeline, hooks=hooks)
     if config.evaluate.enabled:
       phases["evaluation"] = {"status": "started"}
-      phases["evaluation"] = {"status": "finished", **compare.trained_vs_untrained(
+      phases["evaluation"] = {"status": "finished", **compare.base_vs_finetuned(
           config, workdir / config.pipeline)}
     status = "finished"
   except (loop.Preempted, KeyboardInterrupt) as e:

@@ -57,7 +57,7 @@ from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.data import jsonl, synthetic, template, tokenizer as tokenizer_lib
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.decoding.adapter import ModelAdapter
-from wmtp_jax.eval import benchmarks, runner
+from wmtp_jax.eval import prompts, runner
 from wmtp_jax.training import mesh as mesh_lib, state as state_lib, step as step_lib
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def train_tiny(steps: int, *, dataset: pathlib.Path | None = None, batch_size: i
 def synthetic_prompts(directory: pathlib.Path, tok, n: int) -> list[list[int]]:
   """Token ids of the Alpaca prompts of the first ``n`` test problems of ``directory``."""
   problems = jsonl.read_problems(directory / "test.problems.jsonl")[:n]
-  return [runner.encode_prompt(tok, benchmarks.make_prompt(p, "alpaca")) for p in problems]
+  return [runner.encode_prompt(tok, prompts.Format("synthetic").prompt(p)) for p in problems]
 
 
 def _load(checkpoint: str):

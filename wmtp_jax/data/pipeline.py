@@ -57,10 +57,12 @@ class _ReadAndEncode:
   max_len: int
   truncation: str
   add_bos: bool
+  add_eos: bool
 
   def __call__(self, index: np.ndarray) -> list[template.Example] | None:
     examples = [template.encode(self.store[int(i)], self.tokenizer, self.max_len,
-                                truncation=self.truncation, add_bos=self.add_bos)
+                                truncation=self.truncation, add_bos=self.add_bos,
+                                add_eos=self.add_eos)
                 for i in np.atleast_1d(index)]
     return None if any(e is None for e in examples) else examples
 
@@ -122,7 +124,7 @@ class _Collate:
 def make_dataset(store, indices: np.ndarray, tokenizer, *, batch_size: int, max_len: int,
                  seed: int, num_epochs: int | None = None, shuffle: bool = True,
                  drop_remainder: bool = True, truncation: str = "response",
-                 add_bos: bool = True, pad_to: int | None = None,
+                 add_bos: bool = True, add_eos: bool = True, pad_to: int | None = None,
                  bucket_lengths: Sequence[int] | None = None, num_workers: int = 0,
                  worker_buffer_size: int = 2, read_threads: int = 0,
                  process_index: int | None = None,
@@ -136,6 +138,7 @@ def make_dataset(store, indices: np.ndarray, tokenizer, *, batch_size: int, max_
     tokenizer: see ``template``; ``pad_id(tokenizer)`` pads.
     batch_size: rows per batch of this process (the global batch is ``process_count`` times it).
     max_len: longest row; ``truncation`` is the ``template.encode`` policy beyond it.
+    add_bos, add_eos: ``template.encode``'s (``add_eos``: ``config.data.train_eos``).
     seed: shuffle seed.
     num_epochs: passes over the sampled set; None repeats forever (training: stop after a number
       of steps, so that every process yields the same number of batches).
@@ -160,7 +163,7 @@ def make_dataset(store, indices: np.ndarray, tokenizer, *, batch_size: int, max_
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds[process_index::process_count].repeat(num_epochs)
-  ds = ds.map(_ReadAndEncode(store, tokenizer, max_len, truncation, add_bos))
+  ds = ds.map(_ReadAndEncode(store, tokenizer, max_len, truncation, add_bos, add_eos))
   read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * read_threads)
   it_ds = _SkipDropped(ds.to_iter_dataset(read_options, allow_nones=True))
   it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder,

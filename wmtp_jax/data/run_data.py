@@ -96,7 +96,8 @@ def build(config, objective, workdir: pathlib.Path) -> RunData:
                      f"{jax.process_count()} processes")
   per_process = d.batch_size // jax.process_count()
   common = dict(tokenizer=tok, batch_size=per_process, max_len=d.max_len,
-                truncation=d.truncation, bucket_lengths=tuple(d.bucket_lengths) or None)
+                truncation=d.truncation, add_eos=d.train_eos,
+                bucket_lengths=tuple(d.bucket_lengths) or None)
 
   train_store = records.RecordStore(_split_path(directory, d.train_split))
   train_indices = sample_indices(train_store, method, dict(d.sampler_args), seed=d.seed,

@@ -8,6 +8,12 @@ A training row (DESIGN §2) is ``[<s>] prompt-tokens response-tokens </s>``, rig
                          and padding
   ``attention_mask[t]``  1 on real tokens, 0 on padding
 
+EOS (``add_eos``, ``config.data.train_eos``). By default the response ends with a trained EOS: the
+model learns where a program ends, generation stops there, and the critic's terminal value sits
+on it. ``add_eos=False`` is the reference's recipe: no EOS is appended (pad = EOS, and padding
+labels are ignored), so none is ever learned; the row ends with the response's last token, and
+evaluation ends programs by the template's stop rules (``wmtp_jax.eval.prompts``).
+
 The prompt and the response are tokenised separately and concatenated, so the prompt/response
 boundary is exact whatever the tokenizer merges across it. ``tokenizer`` is any object with the
 ``transformers`` tokenizer interface: ``encode(text, add_special_tokens=False) -> list[int]``,
@@ -54,7 +60,7 @@ class Example:
   """One encoded record (unpadded).
 
   Attributes:
-    tokens: ``[L]`` int32 token ids (BOS, prompt, response, EOS unless truncated away).
+    tokens: ``[L]`` int32 token ids (BOS, prompt, response, EOS when added and not truncated away).
     labels: ``[L]`` int32, ``tokens`` on the response (+EOS), ``IGNORE_INDEX`` elsewhere.
     is_correct: the record's reward R (1.0 correct, 0.0 incorrect).
     span_masks: ``{batch key: [L] int32}``, one mask per span field the record carries (module
@@ -79,14 +85,14 @@ def format_prompt(record: Mapping[str, Any]) -> str:
   return PROMPT_NO_INPUT.format(instruction=record["instruction"])
 
 
-def _prompt_and_response_ids(record: Mapping[str, Any], tokenizer,
-                             add_bos: bool) -> tuple[list[int], list[int]]:
-  """Untruncated token ids: ``([BOS] + prompt, response + [EOS])``."""
+def _prompt_and_response_ids(record: Mapping[str, Any], tokenizer, add_bos: bool,
+                             add_eos: bool) -> tuple[list[int], list[int]]:
+  """Untruncated token ids: ``([BOS] + prompt, response + [EOS])`` (BOS / EOS as asked)."""
   prompt = tokenizer.encode(format_prompt(record), add_special_tokens=False)
   if add_bos:
     prompt = [tokenizer.bos_token_id] + prompt
   response = tokenizer.encode(record["output"], add_special_tokens=False)
-  return prompt, response + [tokenizer.eos_token_id]
+  return prompt, response + ([tokenizer.eos_token_id] if add_eos else [])
 
 
 def _overlaps(offsets_Sx2: np.ndarray, spans: Sequence[Sequence[int]]) -> np.ndarray:
@@ -99,10 +105,11 @@ def _overlaps(offsets_Sx2: np.ndarray, spans: Sequence[Sequence[int]]) -> np.nda
   return hit_S.astype(np.int32)
 
 
-def _response_span_masks(record: Mapping[str, Any], tokenizer,
-                         response: Sequence[int]) -> dict[str, np.ndarray]:
+def _response_span_masks(record: Mapping[str, Any], tokenizer, response: Sequence[int],
+                         add_eos: bool) -> dict[str, np.ndarray]:
   """``{batch key: [len(response)] int32}`` for the span fields of ``record`` (module docstring);
-  ``response`` is the untruncated response + EOS of ``_prompt_and_response_ids``."""
+  ``response`` is the untruncated response (+ EOS when ``add_eos``) of
+  ``_prompt_and_response_ids``."""
   fields = [field for field in SPAN_FIELDS if field in record]
   if not fields:
     return {}
@@ -111,40 +118,44 @@ def _response_span_masks(record: Mapping[str, Any], tokenizer,
                      f"their token masks need a fast tokenizer (character offsets), got "
                      f"{type(tokenizer).__name__}")
   encoded = tokenizer(record["output"], add_special_tokens=False, return_offsets_mapping=True)
-  if list(encoded["input_ids"]) + [tokenizer.eos_token_id] != list(response):
+  eos = [tokenizer.eos_token_id] if add_eos else []
+  if list(encoded["input_ids"]) + eos != list(response):
     raise ValueError(f"record {record['problem_id']!r}: the tokenizer's ids with offsets differ "
                      f"from encode()")
   offsets_Sx2 = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-  return {SPAN_MASKS[field]: np.append(_overlaps(offsets_Sx2, record[field]), np.int32(0))
+  return {SPAN_MASKS[field]: np.append(_overlaps(offsets_Sx2, record[field]),
+                                       np.zeros(len(eos), np.int32))
           for field in fields}
 
 
-def example_length(record: Mapping[str, Any], tokenizer, *, add_bos: bool = True) -> int:
+def example_length(record: Mapping[str, Any], tokenizer, *, add_bos: bool = True,
+                   add_eos: bool = True) -> int:
   """Untruncated row length of ``record`` (what ``encode`` produces with unlimited ``max_len``).
 
-  Usable as ``length_fn`` of ``wmtp_jax.data.records.build_index``.
+  Usable as ``length_fn`` of ``wmtp_jax.data.records.build_index`` (whose indexes count the EOS).
   """
-  prompt, response = _prompt_and_response_ids(record, tokenizer, add_bos)
+  prompt, response = _prompt_and_response_ids(record, tokenizer, add_bos, add_eos)
   return len(prompt) + len(response)
 
 
 def encode(record: Mapping[str, Any], tokenizer, max_len: int, *,
-           truncation: Literal["response", "drop"] = "response",
-           add_bos: bool = True) -> Example | None:
+           truncation: Literal["response", "drop"] = "response", add_bos: bool = True,
+           add_eos: bool = True) -> Example | None:
   """Tokenises ``record`` into an ``Example`` of at most ``max_len`` tokens, or None (dropped).
 
-  A record whose prompt leaves no room for one response token is always dropped. A longer
-  record is dropped under ``truncation="drop"``; under ``"response"`` its response is cut to fit,
-  and the EOS is then cut with it (a truncated solution must not learn to stop there).
+  ``add_eos``: end the response with a trained EOS (module docstring). A record whose prompt
+  leaves no room for one response token is always dropped. A longer record is dropped under
+  ``truncation="drop"``; under ``"response"`` its response is cut to fit, and the EOS is then
+  cut with it (a truncated solution must not learn to stop there).
   """
   if truncation not in TRUNCATION_POLICIES:
     raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {truncation!r}")
-  prompt, response = _prompt_and_response_ids(record, tokenizer, add_bos)
+  prompt, response = _prompt_and_response_ids(record, tokenizer, add_bos, add_eos)
   room = max_len - len(prompt)
   if room < 1 or (len(response) > room and truncation == "drop"):
     return None
   masks = {key: np.concatenate([np.zeros(len(prompt), np.int32), mask[:room]])
-           for key, mask in _response_span_masks(record, tokenizer, response).items()}
+           for key, mask in _response_span_masks(record, tokenizer, response, add_eos).items()}
   response = response[:room]
   tokens = np.asarray(prompt + response, dtype=np.int32)
   labels = tokens.copy()

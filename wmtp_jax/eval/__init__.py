@@ -1,5 +1,7 @@
-"""Evaluation: benchmarks (HumanEval, MBPP, CodeContests, GSM8K, the synthetic task), sandboxed
-scoring, the unbiased pass@k estimator, per-head metrics and the ``evaluate`` pipeline.
+"""Evaluation: benchmarks (HumanEval, MBPP, CodeContests, GSM8K, the synthetic task), their
+prompts in two modes (``prompts``: fine-tuned / base), sandboxed scoring, the unbiased pass@k
+estimator, the reference's protocol over temperatures (``protocol``), per-head metrics, the
+``evaluate`` pipeline (``evaluate_pipeline``) and base vs fine-tuned after training (``compare``).
 
 * ``evaluate_problems(model, params, tokenizer, problems, …) -> {"summary", "per_problem",
   "samples"}``: generate (``wmtp_jax.decoding.generator``; optionally self-speculative) and score.
@@ -12,10 +14,10 @@ scoring, the unbiased pass@k estimator, per-head metrics and the ``evaluate`` pi
 The JAX-dependent parts load on first use, so ``score`` stays a light CLI.
 """
 
-from wmtp_jax.eval.benchmarks import (BENCHMARKS, PROMPT_STYLES, extract_answer, load_problems,
-                                      outputs_match)
+from wmtp_jax.eval.benchmarks import BENCHMARKS, extract_answer, load_problems, outputs_match
 from wmtp_jax.eval.benchmarks import score as score_completions
 from wmtp_jax.eval.passk import DEFAULT_KS, aggregate, pass_at_k
+from wmtp_jax.eval.prompts import PROMPT_MODES
 
 
 def evaluate_problems(model, params, tokenizer, problems, **kwargs) -> dict:
@@ -25,9 +27,9 @@ def evaluate_problems(model, params, tokenizer, problems, **kwargs) -> dict:
 
 
 def run(config, workdir) -> dict:
-  """See ``wmtp_jax.eval.runner.run``."""
-  from wmtp_jax.eval import runner  # pylint: disable=import-outside-toplevel
-  return runner.run(config, workdir)
+  """See ``wmtp_jax.eval.evaluate_pipeline.run``."""
+  from wmtp_jax.eval import evaluate_pipeline  # pylint: disable=import-outside-toplevel
+  return evaluate_pipeline.run(config, workdir)
 
 
 def head_metrics(model, params, batches) -> dict:
@@ -36,6 +38,6 @@ def head_metrics(model, params, batches) -> dict:
   return runner.head_metrics(model, params, batches)
 
 
-__all__ = ["BENCHMARKS", "DEFAULT_KS", "PROMPT_STYLES", "aggregate", "evaluate_problems",
+__all__ = ["BENCHMARKS", "DEFAULT_KS", "PROMPT_MODES", "aggregate", "evaluate_problems",
            "extract_answer", "head_metrics", "load_problems", "outputs_match", "pass_at_k", "run",
            "score_completions"]

@@ -1,4 +1,4 @@
-r'''Benchmarks: loading problems, prompt styles, and scoring completions in the sandbox.
+r'''Benchmarks: loading problems and scoring completions in the sandbox.
 
 Problems are the evaluation problems of ``wmtp_jax.data.schema`` (``problem_id``, ``prompt``,
 ``test_code`` / ``tests`` / ``answer`` …), read from a ``*.problems.jsonl`` file or a dataset
@@ -14,15 +14,7 @@ codecontests   parquet / jsonl (HF or original schema)     stdin/stdout tests, t
 gsm8k          ``test.jsonl`` / ``train.jsonl``            final-answer extraction (no sandbox)
 =============  ==========================================  =======================================
 
-Prompt styles (how a problem becomes the model's prompt and what the completion is):
-
-* ``alpaca``: the Alpaca template of ``{"instruction": prompt, "input": ""}``
-  (``template.format_prompt``); the completion is the response until EOS (a whole program, or the
-  worked answer for GSM8K); a fenced ```` ```python ```` block in it is taken as the program.
-* ``completion``: the raw prompt (HumanEval's signature + docstring); the completion continues it
-  (scored as ``prompt + completion``); Codex stop sequences.
-* ``mbpp``: the raw MBPP harness prompt ``"""\n{text}\n{test_list[0]}\n"""\n``; the completion is
-  the whole program; the harness stop sequences (DESIGN §6).
+Prompts, stop sequences and the scored part of a completion: ``wmtp_jax.eval.prompts``.
 
 Every program runs in ``wmtp_jax.sandbox`` (its own process tree, time/memory/output limits, all
 in parallel). Whatever a completion does — not Python, crash, hang, flood the output — it is a
@@ -39,14 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from wmtp_jax import sandbox
-from wmtp_jax.data import converters, jsonl, template
+from wmtp_jax.data import converters, jsonl
 
 log = logging.getLogger(__name__)
 
-PROMPT_STYLES = ("alpaca", "completion", "mbpp")
-HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
-MBPP_STOP = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
-ALPACA_STOP = ("\n### Instruction:", "\n### Response:")
 CHECKER_FLOAT_TOLERANCE = 1e-5
 
 
@@ -56,23 +44,23 @@ class Benchmark:
 
   Attributes:
     name: ``synthetic`` | ``humaneval`` | ``mbpp`` | ``codecontests`` | ``gsm8k``.
-    prompt_style: the default prompt style for generation.
+    max_new_tokens: the default generation length (CodeContests' programs are the longest).
     continues_prompt: whether completions of ``score.py`` input continue the prompt (HumanEval)
       rather than being whole programs.
     split: the default evaluation split.
   """
   name: str
-  prompt_style: str
+  max_new_tokens: int
   continues_prompt: bool
   split: str
 
 
 BENCHMARKS: Mapping[str, Benchmark] = {
-    "synthetic": Benchmark("synthetic", "alpaca", False, "test"),
-    "humaneval": Benchmark("humaneval", "completion", True, "test"),
-    "mbpp": Benchmark("mbpp", "mbpp", False, "test"),
-    "codecontests": Benchmark("codecontests", "alpaca", False, "test"),
-    "gsm8k": Benchmark("gsm8k", "alpaca", False, "test"),
+    "synthetic": Benchmark("synthetic", 128, False, "test"),
+    "humaneval": Benchmark("humaneval", 512, True, "test"),
+    "mbpp": Benchmark("mbpp", 512, False, "test"),
+    "codecontests": Benchmark("codecontests", 1024, False, "test"),
+    "gsm8k": Benchmark("gsm8k", 512, False, "test"),
 }
 
 
@@ -80,6 +68,11 @@ def get(name: str) -> Benchmark:
   if name not in BENCHMARKS:
     raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
   return BENCHMARKS[name]
+
+
+def generation_length(max_new_tokens: int, benchmark: str) -> int:
+  """``max_new_tokens``, or when it is 0 the benchmark's default."""
+  return max_new_tokens or get(benchmark).max_new_tokens
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -154,51 +147,6 @@ def resolve_task_id(task_id: Any, problems: Mapping[str, dict]) -> str:
       if prefix + key in problems:
         return prefix + key
   raise KeyError(f"unknown task id {task_id!r} (not one of the {len(problems)} problems loaded)")
-
-
-# ----------------------------------------------------------------------------------- prompts
-
-
-def stop_sequences(prompt_style: str) -> tuple[str, ...]:
-  _check_style(prompt_style)
-  return {"alpaca": ALPACA_STOP, "completion": HUMANEVAL_STOP, "mbpp": MBPP_STOP}[prompt_style]
-
-
-def _check_style(prompt_style: str) -> None:
-  if prompt_style not in PROMPT_STYLES:
-    raise ValueError(f"unknown prompt_style {prompt_style!r}; known: {PROMPT_STYLES}")
-
-
-def make_prompt(problem: Mapping[str, Any], prompt_style: str) -> str:
-  """The text the model continues."""
-  _check_style(prompt_style)
-  if prompt_style == "alpaca":
-    return template.format_prompt({"instruction": problem["prompt"], "input": ""})
-  return problem["prompt"]
-
-
-_FENCE = re.compile(r"```[ \t]*(?:[A-Za-z0-9_+-]+)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
-
-def extract_code(text: str) -> str:
-  """The first fenced code block of ``text`` if there is one, else ``text``."""
-  match = _FENCE.search(text)
-  return match.group(1) if match else text
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-  """``text`` up to (excluding) the earliest occurrence of any stop sequence."""
-  cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-  return text[:cut]
-
-
-def postprocess(completion: str, prompt_style: str, *, stop: Sequence[str] = ()) -> str:
-  """A generated continuation cut at the first stop sequence (and, for ``alpaca``, the code
-  block taken out of a fenced answer)."""
-  completion = truncate_at_stop(completion, stop)
-  if prompt_style == "alpaca" and "```" in completion:
-    completion = extract_code(completion)
-  return completion
 
 
 # ----------------------------------------------------------------------------------- scoring

@@ -10,7 +10,7 @@ are the same every time).
 
 import functools
 
-from wmtp_jax.eval import runner
+from wmtp_jax.eval import benchmarks, prompts, runner
 from wmtp_jax.training import hooks, state as state_lib
 
 METRIC = "eval_pass_at_1"  # tensorboard tags allow no "@"
@@ -30,6 +30,9 @@ def pass_at_1(config, view: hooks.StepView) -> dict[str, float]:
   problems = runner.split_problems(view.data.directory, e.split, e.interval_problems)
   result = runner.evaluate_problems(
       context.objective.model, state_lib.merged_params(context, view.state, view.frozen),
-      view.data.tokenizer, problems, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-      seed=config.seed, mesh=context.mesh, rules=context.rules)
+      view.data.tokenizer, problems, eos_trained=config.data.train_eos,
+      max_new_tokens=benchmarks.generation_length(e.max_new_tokens,
+                                                  prompts.benchmark_of(problems)),
+      batch_size=e.batch_size, seed=config.seed, timeout_s=e.timeout_s, memory_mb=e.memory_mb,
+      mesh=context.mesh, rules=context.rules)
   return {METRIC: result["summary"]["pass@1"]}

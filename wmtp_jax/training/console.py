@@ -88,7 +88,7 @@ def summary(report: dict, report_path: pathlib.Path, log_path: pathlib.Path) -> 
   for name, phase in report.items():
     if not isinstance(phase, dict):
       continue
-    if name == "evaluation" and "trained" in phase:
+    if name == "evaluation" and "finetuned" in phase:
       lines.append("evaluation: held-out pass@1 " + ", ".join(
           f"{k} {v['pass@1']:.3f}" for k, v in phase.items() if isinstance(v, dict)))
       continue
