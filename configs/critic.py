@@ -2,10 +2,15 @@
 
     python -m wmtp_jax.main --config=configs/critic.py[:7b] [--config.a.b=v …] [--workdir=DIR]
 
-``tiny`` (default): synthetic task, CPU minutes. ``7b``: production settings (Sheared-LLaMA-2.7B,
-frozen backbone + LoRA); set ``--config.init.checkpoint`` and ``--config.data.dir``. The config is
+``tiny`` (default): synthetic task, CPU minutes. ``7b``: the reference's critic (its
+``critic_mlp_pairwise``): Sheared-LLaMA-2.7B, frozen backbone + LoRA r32/α64 (dropout 0.1) on
+all seven linear layers at lr 2e-5, the MLP value head (bias 0, dropout 0.2) at lr 1e-4, weight
+decay 0.01, pairwise loss only, cosine schedule with 5% warm-up down to 0, best checkpoint by
+the validation margin; set ``--config.init.checkpoint`` and ``--config.data.dir``. The config is
 locked: a typo is an error. ``configs/verifiable.py`` runs this config first unless given a critic
-checkpoint. All fields: configs/critic.py and wmtp_jax/config/common.py.
+checkpoint. Held-out diagnostics (``wmtp_jax.eval.critic``: pairwise accuracy over all pairs,
+AUROC, explained variance, hit@k) on ``evaluate.split`` every ``evaluate.every_steps`` steps and
+at the end. All fields: configs/critic.py and wmtp_jax/config/common.py.
 """
 
 import ml_collections
@@ -18,16 +23,26 @@ CD = ml_collections.ConfigDict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size, _ = common.parse_variant(arg, "critic")
   tiny = size == "tiny"
-  model = common.llama_model(size, value_head="mlp", value_head_dropout=0.1,
-                             value_head_bias_init=0.5)
-  c = common.base("critic", size, model=model, steps=150 if tiny else 1000, policy=False)
+  model = common.llama_model(size, value_head="mlp", value_head_dropout=0.1 if tiny else 0.2,
+                             value_head_bias_init=0.5 if tiny else 0.0)
+  steps = 150 if tiny else 1000
+  c = common.base("critic", size, model=model, steps=steps, policy=False)
   c.data.sampler_args = CD(dict(max_pairs_per_problem=4, length_bins=(0, 100, 150, 200, 300, 500,
                                                                       1000, 2000)))
-  c.critic_loss = CD(dict(pairwise_coef=1.0, lambda_coef=0.5, mc_coef=0.0, value_loss="mse",
-                          huber_delta=0.5, gamma=1.0, lam=0.95))
+  c.critic_loss = CD(dict(pairwise_coef=1.0, lambda_coef=0.5 if tiny else 0.0, mc_coef=0.0,
+                          value_loss="mse", huber_delta=0.5, gamma=1.0, lam=0.95))
+  # Held-out diagnostics (wmtp_jax.eval.critic): every record of the first max_problems problems
+  # (0 = all) of the split, every (correct, incorrect) pair of a problem.
+  c.evaluate.update(split="valid", max_problems=0 if tiny else 200,
+                    every_steps=50 if tiny else 500)
   if not tiny:  # frozen backbone + LoRA; the value head trains at its own rate
     c.train.trainable = "value_head/.*"
-    c.optim.groups = CD({"value_head": CD(dict(pattern="value_head/.*", lr=1e-4))})
+    c.lora.settings.update(rank=32, alpha=64.0, dropout=0.1,
+                           targets=("wq", "wk", "wv", "wo", "w1", "w2", "w3"))
+    c.optim.update(lr=2e-5, weight_decay=0.01, warmup_steps=c.train.get_ref("steps") // 20,
+                   min_lr_ratio=0.0,
+                   groups=CD({"value_head": CD(dict(pattern="value_head/.*", lr=1e-4))}))
+    c.checkpoint.update(best_metric="val_pairwise_margin", best_mode="max")
     c.data.update(common.reference_sampling("length_balanced_pairs", n_samples=200000,
                                             max_pairs_per_problem=60))
   return c.lock()

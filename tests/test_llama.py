@@ -140,6 +140,12 @@ def test_value_head_init_follows_design():
   out = nn.meta.unbox(variables)["params"]["value_head"]["out"]
   assert out["kernel"].shape == (4, 1) and not np.any(out["kernel"])  # h→h/4→h/8→1, zero last
   np.testing.assert_array_equal(ValueModel(cfg).apply(variables, tokens), 0.5)
+  for kind, want in (("linear", 0.0), ("sigmoid", 0.5)):  # zero kernel and bias: the reference
+    cfg = dataclasses.replace(cfg, value_head=kind, value_head_bias_init=0.0)
+    variables = ValueModel(cfg).init(jax.random.key(0), tokens)
+    out = nn.meta.unbox(variables)["params"]["value_head"]["out"]
+    assert out["kernel"].shape == (32, 1) and not np.any(out["kernel"]) and not np.any(out["bias"])
+    np.testing.assert_array_equal(ValueModel(cfg).apply(variables, tokens), want)
   with pytest.raises(ValueError, match="value_head='conv'"):
     LlamaConfig(value_head="conv")
 

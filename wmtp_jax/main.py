@@ -40,7 +40,7 @@ from ml_collections import config_flags
 
 from wmtp_jax import eval as eval_lib, failures
 from wmtp_jax.config import common as config_lib
-from wmtp_jax.eval import compare, interval
+from wmtp_jax.eval import compare, critic as critic_eval, interval
 from wmtp_jax.training import bases, console, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<pipeline>.py[:variant]",
@@ -75,7 +75,7 @@ def train_prerequisites(config, workdir: pathlib.Path, report: dict | None = Non
       section.run.seed = config.seed
       _resolve_base(section.run, report)
       log.info("no config.%s.checkpoint: training the %s first in %s", name, name, workdir / name)
-      _train(report, name, section.run, workdir / name)
+      _train(report, name, section.run, workdir / name, hooks=_hooks(section.run))
       section.checkpoint = str(workdir / name)
   if config.pipeline == "pretrain":
     bases.use_corpus(config)
@@ -100,6 +100,13 @@ def _resolve_base(config, report: dict) -> None:
     path, built = resolved
     report[name] = {**(report[name] if built else {"status": "finished"}), "model": str(path),
                     "cached": not built}
+
+
+def _hooks(config) -> tuple:
+  """A critic's held-out diagnostics (``eval.critic``); a policy's held-out pass@1 if asked."""
+  if config.pipeline == "critic":
+    return (critic_eval.hook(config),)
+  return (interval.hook(config),) if config.evaluate.every_steps else ()
 
 
 def _train(report: dict, name: str, config, workdir: pathlib.Path, **kwargs) -> None:
@@ -131,8 +138,7 @@ def _run(config, workdir: pathlib.Path) -> tuple[dict, BaseException | None]:
   try:
     config_lib.check_required(config)
     train_prerequisites(config, workdir, phases)
-    hooks = (interval.hook(config),) if config.evaluate.every_steps else ()
-    _train(phases, config.pipeline, config, workdir / config.pipeline, hooks=hooks)
+    _train(phases, config.pipeline, config, workdir / config.pipeline, hooks=_hooks(config))
     if config.evaluate.enabled:
       phases["evaluation"] = {"status": "started"}
       phases["evaluation"] = {"status": "finished", **compare.base_vs_finetuned(

@@ -30,7 +30,8 @@ class LlamaConfig:
   """Fields named as in a Hugging Face ``LlamaConfig`` plus numerics and the value head.
 
   ``value_head``: ``linear`` (h→1 with bias), ``sigmoid`` (h→1→σ) or ``mlp``
-  (h→h/4→GELU→h/8→GELU→1, dropout after each GELU, last layer zero-initialised).
+  (h→h/4→GELU→h/8→GELU→1, dropout after each GELU); the last layer's kernel starts at zero
+  (all three, as the reference), so a fresh head outputs ``value_head_bias_init`` (σ of it).
   ``value_head_bias_init`` sets the bias of the last value layer (e.g. 0.5, the prior success rate).
   ``rope_scaling``: ``None`` or a ``layers.RopeScaling`` (given as the dict of a HF
   ``config.json``, e.g. LLaMA-3.1's ``{"rope_type": "llama3", "factor": 8.0, …}``).
@@ -182,7 +183,7 @@ class ValueHead(nn.Module):
     last_bias = nn.initializers.constant(self.bias_init)
     if self.kind in ("linear", "sigmoid"):
       v = nn.Dense(1, kernel_init=nn.with_logical_partitioning(
-          nn.initializers.lecun_normal(), ("embed", None)), bias_init=last_bias, name="out")(h)
+          nn.initializers.zeros, ("embed", None)), bias_init=last_bias, name="out")(h)
       if self.kind == "sigmoid":
         v = nn.sigmoid(v)
     elif self.kind == "mlp":

@@ -2,12 +2,20 @@
 
 ``loss = pairwise_coef·L_pairwise + lambda_coef·L_λ + mc_coef·L_mc``: Bradley–Terry ranking of the
 mean response value of pos over neg; MSE/Huber against λ-returns (terminal reward 1 for pos, 0 for
-neg, targets without gradient); Monte-Carlo MSE of every response value against the reward.
+neg, targets without gradient), per-sequence means, ``(L_pos + L_neg) / 2`` as the reference;
+Monte-Carlo MSE of every response value against the reward.
 
-Each term is a mean (over pairs, tokens or rows); to make micro-batch accumulation equal one large
-batch, a micro-batch's mean is scaled by its share of the step's count (``normalizers``).
+Each term is a mean (over pairs or rows); to make micro-batch accumulation equal one large batch,
+a micro-batch's mean is scaled by its share of the step's count (``normalizers``).
+
+Besides the losses, the metrics hold the reference's value diagnostics per side (``pos`` correct,
+``neg`` incorrect; ``sequence_value_stats``): ``value_mean_<side>`` (mean response value),
+``value_seq_variance_<side>`` (within-sequence variance: ≈ 0 means one value per sequence, no
+token-level signal) and ``value_position_corr_<side>`` (correlation of value with position: near
+±1 suggests a length effect rather than content).
 """
 
+import jax
 import jax.numpy as jnp
 
 from wmtp_jax import losses, weighting
@@ -30,8 +38,38 @@ def _stacked(batch):
 def _counts(batch):
   _, _, mask, _ = _stacked(batch)
   return {"pairs": jnp.float32(batch["pos_tokens"].shape[0]),
-          "tokens": mask.sum(dtype=jnp.float32),
           "rows": mask.any(axis=1).sum(dtype=jnp.float32)}
+
+
+@jax.jit
+def sequence_value_stats(values_BxS, mask_BxS) -> dict[str, jax.Array]:
+  """The reference's per-sequence value diagnostics, averaged over rows (float32 scalars).
+
+  ``mean``: of the per-row mean response value (rows with a response token); ``seq_variance``:
+  of the per-row population variance of the values over the response; ``position_corr``: of the
+  per-row Pearson correlation between value and position ``t`` over the response,
+  ``Σ v'p' / (‖v'‖·‖p'‖ + 1e-8)`` with centred ``v'``, ``p'``, over rows with ≥ 3 response tokens
+  (the reference's ``compute_position_correlation``). Each is 0 without a counted row.
+
+  Args:
+    values_BxS, mask_BxS: ``[B, S]`` values and response mask.
+  """
+  valid_BxS = jnp.asarray(mask_BxS) != 0
+  v_BxS = jnp.where(valid_BxS, jnp.asarray(values_BxS, jnp.float32), 0.0)
+  count_B = valid_BxS.sum(axis=1, dtype=jnp.float32)
+  positions_BxS = jnp.where(valid_BxS, jnp.arange(v_BxS.shape[1], dtype=jnp.float32)[None, :],
+                            0.0)
+  centred = lambda x_BxS: jnp.where(
+      valid_BxS, x_BxS - x_BxS.sum(axis=1, keepdims=True) / jnp.maximum(count_B, 1.0)[:, None], 0.0)
+  dv_BxS, dp_BxS = centred(v_BxS), centred(positions_BxS)
+  corr_B = (dv_BxS * dp_BxS).sum(axis=1) / (
+      jnp.sqrt((dv_BxS**2).sum(axis=1)) * jnp.sqrt((dp_BxS**2).sum(axis=1)) + 1e-8)
+  rows_mean = lambda x_B, rows_B: (jnp.where(rows_B, x_B, 0.0).sum()
+                                   / jnp.maximum(rows_B.sum(), 1).astype(jnp.float32))
+  has_B = count_B > 0
+  return {"mean": rows_mean(v_BxS.sum(axis=1) / jnp.maximum(count_B, 1.0), has_B),
+          "seq_variance": rows_mean((dv_BxS**2).sum(axis=1) / jnp.maximum(count_B, 1.0), has_B),
+          "position_corr": rows_mean(corr_B, count_B >= 3)}
 
 
 class Critic(base.Objective):
@@ -61,16 +99,20 @@ class Critic(base.Objective):
 
     pair = losses.pairwise_ranking_loss(values[:b], mask[:b], values[b:], mask[b:])
     returns = weighting.lambda_returns(values, rewards, mask, gamma=c.gamma, lam=c.lam)
-    lam_loss = losses.lambda_return_value_loss(values, returns, mask, kind=c.value_loss,
-                                               huber_delta=c.huber_delta)
+    side_loss = lambda rows: losses.lambda_return_value_loss(
+        values[rows], returns[rows], mask[rows], kind=c.value_loss, huber_delta=c.huber_delta)
+    lam_loss = (side_loss(slice(None, b)) + side_loss(slice(b, None))) / 2
     mc_loss = losses.mc_value_loss(values, rewards, mask)
     loss = (c.pairwise_coef * pair["loss"] * share["pairs"]
-            + c.lambda_coef * lam_loss * share["tokens"] + c.mc_coef * mc_loss * share["rows"])
+            + c.lambda_coef * lam_loss * share["pairs"] + c.mc_coef * mc_loss * share["rows"])
+    sides = {side: sequence_value_stats(values[rows], mask[rows])
+             for side, rows in (("pos", slice(None, b)), ("neg", slice(b, None)))}
     metrics = {
         "loss": (c.pairwise_coef * pair["loss"] + c.lambda_coef * lam_loss + c.mc_coef * mc_loss),
         "pairwise_loss": pair["loss"], "pairwise_accuracy": pair["accuracy"],
         "pairwise_margin": pair["margin"], "lambda_loss": lam_loss, "mc_loss": mc_loss,
         "explained_variance": weighting.explained_variance(values, returns, mask),
         **{f"value_{k}": v for k, v in weighting.td_stats(values, mask).items()},
+        **{f"value_{k}_{side}": v for side, stats in sides.items() for k, v in stats.items()},
     }
     return loss, (metrics, {})

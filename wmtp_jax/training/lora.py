@@ -1,8 +1,9 @@
 """LoRA as a functional transform: low-rank adapters added to chosen projections at apply time.
 
 For a targeted projection with kernel ``W`` (input dims ``I``, output dims ``O``) the output becomes
-``x·W + (α/r) · dropout(x)·A·B`` with ``A [I, r]`` (random) and ``B [r, O]`` (zeros at init, so a
-fresh adapter leaves the model unchanged). The base parameters are untouched and can stay frozen
+``x·W + (α/r) · dropout(x)·A·B`` with ``A [I, r]`` (random: PyTorch's ``kaiming_uniform_(a=√5)``
+of PEFT and the reference, ``U(−1/√I, 1/√I)``) and ``B [r, O]`` (zeros at init, so a fresh
+adapter leaves the model unchanged). The base parameters are untouched and can stay frozen
 (no optimizer state); the adapters live in their own tree mirroring the parameter paths:
 ``lora["model"]["layers_0"]["attention"]["wq"] = {"a": [D, r], "b": [r, N·H]}``.
 
@@ -69,7 +70,8 @@ def _split(path: tuple[str, ...], shape: Sequence[int]) -> tuple[int, int]:
 
 
 def init(rng: jax.Array, params, cfg: LoRAConfig):
-  """Adapters for every targeted kernel in ``params``: ``a ~ N(0, 1/in)``, ``b = 0`` (fp32)."""
+  """Adapters for every targeted kernel in ``params``: ``a ~ U(−1/√in, 1/√in)`` (kaiming-uniform
+  with a = √5: gain √(2/(1+a²)) · √(3/in)), ``b = 0`` (fp32)."""
   if scan_layout.scanned_paths(params):
     raise ValueError(f"LoRA needs per-layer blocks, the model has scanned ones "
                      f"({['/'.join(p) for p in scan_layout.scanned_paths(params)]}): set the "
@@ -80,7 +82,9 @@ def init(rng: jax.Array, params, cfg: LoRAConfig):
   flat = {}
   for i, (path, kernel) in enumerate(sorted(targets.items())):
     n_in, n_out = _split(path, kernel.shape)
-    a = jax.random.normal(jax.random.fold_in(rng, i), (n_in, cfg.rank), jnp.float32) / np.sqrt(n_in)
+    bound = 1.0 / np.sqrt(n_in)
+    a = jax.random.uniform(jax.random.fold_in(rng, i), (n_in, cfg.rank), jnp.float32, -bound,
+                           bound)
     flat[path + ("a",)] = a
     flat[path + ("b",)] = jnp.zeros((cfg.rank, n_out), jnp.float32)
   return flax.traverse_util.unflatten_dict(flat)
