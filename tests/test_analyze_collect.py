@@ -55,7 +55,8 @@ def make_run(root: pathlib.Path, pipeline: str, dataset: pathlib.Path, *,
 @pytest.fixture(scope="module")
 def runs(small_dataset, tmp_path_factory):
   root = tmp_path_factory.mktemp("runs")
-  return {p: make_run(root / p, p, small_dataset) for p in ("critic", "rho1")}
+  return {p: make_run(root / p, p, small_dataset)
+          for p in ("critic", "rho1", "verifiable:softmax_heads")}
 
 
 def _shown(source, n=2):
@@ -143,3 +144,18 @@ def test_head_outside_the_policy_is_an_error(runs):
   source = source_lib.find(runs["rho1"])
   with pytest.raises(ValueError, match="--head 2: the run's policy has 2 head"):
     collect.collect(source, _shown(source, 1), head=2)
+
+
+def test_softmax_head_weights_of_one_head_match_loop(runs):
+  """``softmax_heads``: head 1's weight on x_j is the softmax over the heads of position j−2."""
+  source = source_lib.find(runs["verifiable:softmax_heads"])
+  assert source.settings.scheme == "softmax_heads" and source.n_heads == 2
+  shown = _shown(source, 1)
+  temperature, head = source.settings.temperature, 1
+  for sample, values in zip(shown, collect.collect(source, shown, head=head)):
+    td = values["td"]   # on the response tokens; the terms' targets
+    for j in range(sample.n_tokens):
+      t = j - 1 - head  # the position, relative to the first response token
+      scores = [td[t + 1 + k] for k in range(source.n_heads) if 0 <= t + 1 + k < sample.n_tokens]
+      want = np.exp(td[j] / temperature) / np.sum(np.exp(np.array(scores) / temperature))
+      assert values["weight"][j] == pytest.approx(want, rel=1e-4, abs=1e-6), j

@@ -38,6 +38,8 @@ def test_encode_keeps_the_eos_and_the_span_masks(small_dataset):
   assert sample.n_tokens == len(sample.example.tokens) - sample.start
   assert set(sample.spans) == {"critical", "mutated"}
   assert sample.spans["critical"].any() and len(sample.spans["critical"]) == sample.n_tokens
+  no_eos = samples.encode(record, tokenizer, 160, spans="auto", where="r0", add_eos=False)
+  assert not no_eos.eos and no_eos.pieces == sample.pieces[:-1] and no_eos.tail == ""
   short = samples.encode(record, tokenizer, sample.start + 3, spans="off", where="r0")
   assert not short.eos and short.n_tokens == 3 and not short.spans
   assert "".join(g + p for g, p in zip(short.gaps, short.pieces)) + short.tail == record["output"]

@@ -1,5 +1,7 @@
 """analyze.source: what each kind of --run gives, and a clear error for each bad one."""
 
+import json
+
 import pytest
 
 from test_analyze_collect import make_run
@@ -22,6 +24,14 @@ def test_a_main_jobs_workdir_gives_its_verifiable_run_with_the_critic(job, small
   assert source.settings.scheme == "gae_exp" and source.n_heads == 2
   assert source.ema is None and not source.rewards   # no metrics logged; correct samples only
   assert source_lib.find(job / "critic").label.startswith("critic run")
+
+
+def test_a_verifiable_run_whitens_with_its_last_logged_ema(tmp_path, small_dataset):
+  run = make_run(tmp_path, "verifiable", small_dataset)
+  rows = [{"step": 1, "ema_mean": 0.0, "ema_std": 1.0}, {"step": 2, "loss": 1.0},
+          {"step": 3, "ema_mean": 0.25, "ema_std": 0.5}, {"step": 3, "time/checkpoint_s": 1.0}]
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert source_lib.find(run).ema == (0.25, 0.5)
 
 
 def test_a_converted_checkpoint_needs_data(job, small_dataset):

@@ -75,7 +75,7 @@ def tokens(args: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path]:
                         " (excess and weight need the policy of a rho1 run)"))
   tokenizer = pretrained.load_tokenizer(source.model)
   pairs = samples.held_out(source.dataset, source.split, tokenizer, args.n, source.max_len,
-                           seed=args.seed, spans=args.spans)
+                           seed=args.seed, spans=args.spans, add_eos=source.add_eos)
   shown = [s for pair in pairs for s in pair if s is not None]
   values = iter(collect.collect(source, shown, head=args.head))
   rows = [(pair, tuple(None if s is None else next(values) for s in pair)) for pair in pairs]

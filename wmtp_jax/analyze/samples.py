@@ -2,7 +2,7 @@
 encoded as the training template encodes them, with the characters of every response token.
 
 A ``Sample``'s response tokens are the targets of its row: the tokens after the prompt, the closing
-EOS included unless truncation cut it. Token ``i`` covers ``pieces[i]``, the characters of
+EOS included where the run trains one (``data.train_eos``) and truncation did not cut it. Token ``i`` covers ``pieces[i]``, the characters of
 ``record["output"]`` the tokenizer's offsets give it; ``gaps[i]`` holds the characters before it
 that no token covers, so ``"".join(g + p for g, p in zip(gaps, pieces)) + tail`` is the output
 (``tail``: what truncation cut). A token whose offsets repeat characters already shown (byte
@@ -85,17 +85,18 @@ def token_pieces(text: str, offsets: Sequence[Sequence[int]]) -> tuple[list[str]
   return pieces, gaps
 
 
-def encode(record: Mapping, tokenizer, max_len: int, *, spans: str,
-           where: str) -> Sample | None:
+def encode(record: Mapping, tokenizer, max_len: int, *, spans: str, where: str,
+           add_eos: bool = True) -> Sample | None:
   """The ``Sample`` of ``record``, or None when its prompt leaves no room for a response in
-  ``max_len`` tokens (``spans``: one of ``SPAN_MODES``; ``where`` names the record in errors)."""
+  ``max_len`` tokens (``spans``: one of ``SPAN_MODES``; ``where`` names the record in errors;
+  ``add_eos``: as ``template.encode``)."""
   carried = [f for f in SPAN_FIELDS if f in record]
   if spans == "require" and not carried:
     raise ValueError(f"{where}: --spans require, but the record carries no ground-truth spans "
                      f"({', '.join(SPAN_FIELDS)}; only synthetic data has them)")
   if spans == "off":
     record = {k: v for k, v in record.items() if k not in SPAN_FIELDS}
-  example = template.encode(record, tokenizer, max_len, truncation="response")
+  example = template.encode(record, tokenizer, max_len, truncation="response", add_eos=add_eos)
   if example is None:
     return None
   if not getattr(tokenizer, "is_fast", False):
@@ -121,7 +122,7 @@ def encode(record: Mapping, tokenizer, max_len: int, *, spans: str,
 
 
 def held_out(dataset: pathlib.Path, split: str, tokenizer, n: int, max_len: int, *,
-             seed: int = 0, spans: str = "auto") -> list[Pair]:
+             seed: int = 0, spans: str = "auto", add_eos: bool = True) -> list[Pair]:
   """The first ``n`` problems of ``candidates`` in ``dataset``'s split ``split``, encoded and
   sorted by problem id; a problem with a prompt too long for ``max_len`` is left out."""
   if n < 1:
@@ -136,7 +137,8 @@ def held_out(dataset: pathlib.Path, split: str, tokenizer, n: int, max_len: int,
   for indices in candidates(store.meta["problem_index_map"], seed=seed,
                             output=lambda i: store[i]["output"]):
     pair = tuple(None if i is None else encode(store[i], tokenizer, max_len, spans=spans,
-                                               where=f"{path}: record {i}") for i in indices)
+                                               where=f"{path}: record {i}", add_eos=add_eos)
+                 for i in indices)
     if any(s is None and i is not None for s, i in zip(pair, indices)):
       skipped += 1
       continue

@@ -32,6 +32,7 @@ class Source:
     ema: ``(mean, std)`` of the run's last logged EMA statistics, or None (whiten by the samples).
     n_heads: the policy's MTP heads (the per-term weights), 1 without a policy run.
     max_len: tokens per row (the run's ``data.max_len``; a checkpoint's maximum positions).
+    add_eos: rows end with the closing EOS (the run's ``data.train_eos``; default True).
     label: a one-line description for the page.
   """
   kind: str
@@ -44,6 +45,7 @@ class Source:
   ema: tuple[float, float] | None
   n_heads: int
   max_len: int
+  add_eos: bool
   label: str
 
 
@@ -129,7 +131,7 @@ def _from_run(run: pathlib.Path, data: str | None, split: str | None) -> Source:
   return Source(kind=kind, model=model, policy=policy, dataset=_dataset(config.data, data),
                 split=split or config.data.valid_split, settings=settings, rewards=rewards,
                 ema=ema, n_heads=n_heads, max_len=config.data.max_len,
-                label=f"{pipeline} run {run}")
+                add_eos=config.data.get("train_eos", True), label=f"{pipeline} run {run}")
 
 
 def _last_ema(run: pathlib.Path) -> tuple[float, float] | None:
@@ -156,4 +158,4 @@ def _from_checkpoint(path: pathlib.Path, data: str | None, split: str | None) ->
                 split=split or "valid",
                 settings=config_lib.load("verifiable").weighting if kind == CRITIC else None,
                 rewards=False, ema=None, n_heads=1, max_len=config.max_position_embeddings,
-                label=f"{kind} checkpoint {path}")
+                add_eos=True, label=f"{kind} checkpoint {path}")
