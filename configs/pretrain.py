@@ -28,7 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      f"only: the 7b runs start from converted checkpoints)")
   (kind,) = options
   model = common.mtp_model(size) if kind == "mtp" else common.llama_model(size)
-  c = common.base("pretrain", size, model=model, steps=300, policy=False)
+  # Steps: about a minute each on 2 CPU cores (the MTP step costs ~4x the 2-layer LLaMA's).
+  c = common.base("pretrain", size, model=model, steps=200 if kind == "mtp" else 300,
+                  policy=False)
   c.variant = kind  # the run directory: runs/pretrain-<kind>
   c.model_kind = kind
   c.init.base = ""  # a base starts from random weights
