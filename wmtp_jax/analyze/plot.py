@@ -1,10 +1,10 @@
 """The PNG summary of the token page (matplotlib, no display needed).
 
 Left: the distribution of the shown quantity over the response tokens of the correct and of the
-incorrect samples, and (synthetic data) over the critical and the mutated tokens. Right: per pair,
-the score of the correct solution against the incorrect one's, with the diagonal: a critic's mean
-response value (its ranking score: a point below the diagonal is a pair ranked right), a
-reference's mean loss.
+incorrect samples, and (synthetic data) over the critical tokens (of both) and the mutated ones.
+Right: per pair, the score of the correct solution against the incorrect one's, with the
+diagonal: a critic's mean response value (its ranking score: a point below the diagonal is a pair
+ranked right), a reference's mean loss (ranked right when the correct solution's is lower).
 """
 
 import pathlib
@@ -20,21 +20,24 @@ import numpy as np  # pylint: disable=wrong-import-position
 from wmtp_jax.analyze.scale import Scale  # pylint: disable=wrong-import-position
 
 BINS = 25
-PAIR_SCORE = {"critic": "value", "reference": "loss"}  # a sample's score: the mean of this
+# a sample's score (the mean of this quantity) and whether a correct solution should score higher
+PAIR_SCORE = {"critic": ("value", True), "reference": ("loss", False)}
 
 
 def _groups(rows, quantity: str) -> dict[str, np.ndarray]:
   """``{label: values}`` of the tokens of each group (empty groups left out)."""
-  groups: dict[str, list] = {"correct": [], "incorrect": [], "critical": [], "mutated": []}
+  groups: dict[str, list] = {"correct solutions": [], "incorrect solutions": [], "critical": [],
+                             "mutated": []}
   for pair, values in rows:
     for sample, v in zip(pair, values):
       if sample is None:
         continue
       x = v[quantity]
-      groups["correct" if sample.record["is_correct"] else "incorrect"].append(x)
+      groups["correct solutions" if sample.record["is_correct"] else
+             "incorrect solutions"].append(x)
       for field in ("critical", "mutated"):
         if field in sample.spans:
-          groups[field].append(x[sample.spans[field]])
+          groups[field].append(x[sample.spans[field]])   # spans of both sides
   return {k: np.concatenate(v) for k, v in groups.items() if v and np.concatenate(v).size}
 
 
@@ -54,7 +57,7 @@ def summary(rows: Sequence, scale: Scale, path: pathlib.Path, *, kind: str, titl
   left.set_ylabel("density")
   left.set_title("tokens by group")
   left.legend(fontsize=8)
-  score = PAIR_SCORE[kind]
+  score, higher = PAIR_SCORE[kind]
   pairs = [(pv[score].mean(), nv[score].mean()) for (pos, neg), (pv, nv) in rows
            if pos is not None and neg is not None]
   if pairs:
@@ -63,8 +66,12 @@ def summary(rows: Sequence, scale: Scale, path: pathlib.Path, *, kind: str, titl
     bounds = [min(x.min(), y.min()), max(x.max(), y.max())]
     right.plot(bounds, bounds, color="#888", linewidth=1)
     right.xaxis.set_major_locator(ticker.MaxNLocator(5))
-    right.set_title(f"mean {score} per pair: correct > incorrect in {int((x > y).sum())} of "
-                    f"{len(pairs)}")
+    right_ = (x > y) if higher else (x < y)
+    right.set_title(f"mean {score} per pair: ranked right (correct {'higher' if higher else 'lower'}"
+                    f") in {int(right_.sum())} of {len(pairs)}")
+    corner = (0.98, 0.02, "right", "bottom") if higher else (0.02, 0.98, "left", "top")
+    right.text(*corner[:2], "ranked right on this side of the diagonal", ha=corner[2],
+               va=corner[3], transform=right.transAxes, color="#555", fontsize=8)
   else:
     right.text(0.5, 0.5, "no problem with both a correct and an incorrect solution",
                ha="center", va="center", transform=right.transAxes)
