@@ -1,8 +1,9 @@
 """Colour scales of the token page and its PNG: one per quantity, fitted to the shown tokens.
 
-Differences (TD error, advantage, excess loss) are centred on 0 and weights on 1 (white), with
-the range of the 98th percentile of the distance from the centre; a value spans the 2nd to the
-98th percentile, a loss 0 to its 98th percentile. Tokens beyond the range get the end colour (the
+Differences (TD error, advantage, excess loss) are centred on 0 and weights on 1 (the colour
+map's middle colour), with the range of the 98th percentile of the distance from the centre
+(weights: the 2nd and 98th percentiles, either side of 1); a value spans the 2nd to the 98th
+percentile, a loss 0 to its 98th percentile. Tokens beyond the range get the end colour (the
 tooltip has the exact number).
 """
 
@@ -21,8 +22,8 @@ QUANTITIES = {
     "loss": ("reference cross-entropy of xₜ", "Reds", "loss"),
     "excess": ("excess loss CE_policy − CE_reference", "coolwarm", 0.0),
 }
-RANGE_NOTE = ("differences are centred on 0 and weights on 1 (white); the ends are the 2nd / 98th "
-              "percentile of the shown tokens, beyond them the end colour")
+RANGE_NOTE = ("differences are centred on 0 and weights on 1 (the middle colour); the ends are the "
+              "2nd / 98th percentile of the shown tokens, beyond them the end colour")
 LEGEND_STOPS = 11
 PERCENTILE = 98.0
 
