@@ -43,11 +43,13 @@ def main(argv) -> None:
         print(shlex.join([sys.executable, "-m", "wmtp_jax.experiment", config_flag,
                           f"--workdir={root}", f"--run={run.name}"]))
     return
-  if not _REPORT.value:
-    chosen = runner.with_prerequisites(runs, _RUN.value) if _RUN.value else runs
-    outcome = runner.run_all(chosen, root)
+  if _REPORT.value:
+    print(f"report: {report.write(experiment, runs, root)}")
+    return
+  chosen = runner.with_prerequisites(runs, _RUN.value) if _RUN.value else runs
+  outcome = runner.run_all(chosen, root)
   print(f"report: {report.write(experiment, runs, root)}")
-  if not _REPORT.value and any(s not in (runner.FINISHED, "skipped") for s in outcome.values()):
+  if any(s not in (runner.FINISHED, "skipped") for s in outcome.values()):
     sys.exit(1)
 
 

@@ -11,6 +11,7 @@ seeds, p-value; ``stats``); the FLOPs that trained the shared critic / reference
 import datetime
 import math
 import pathlib
+import re
 
 import numpy as np
 
@@ -20,9 +21,8 @@ from wmtp_jax.training import flops
 
 REPORT_FILE = "report.md"
 FLOPS = f"train/{flops.CUMULATIVE}"
-KEY_METRICS = ("finetuned/pass@1", "finetuned/pass@5", "finetuned/pass@10",
-               "finetuned/greedy_pass@1", "base/pass@1", "train/val_unweighted", FLOPS)
-PAIRED = ("pass@1", "pass@5", "pass@10", "greedy_pass@1")
+KEY_METRICS = ("finetuned/greedy_pass@1", "base/pass@1", "base/greedy_pass@1",
+               "train/val_unweighted", FLOPS)  # after the fine-tuned pass@k of every k
 SPIKE_FACTOR = 3.0
 CRASHED = ("failed", "incomplete")
 
@@ -35,6 +35,9 @@ def write(experiment, runs: list[Run], root: pathlib.Path) -> pathlib.Path:
     if f.run.arm:  # every arm gets a column, finished seeds or not
       arms.setdefault(f.run.arm, []).extend([f] if f.status == runner.FINISHED else [])
   figures = plots.draw({a: r for a, r in arms.items() if r}, root)
+  passes = sorted({k.removeprefix("finetuned/") for runs in arms.values() for f in runs
+                   for k in f.metrics if re.fullmatch(r"finetuned/pass@\d+", k)},
+                  key=lambda k: int(k.removeprefix("pass@")))
   budget = experiment.budget
   lines = [
       f"# Experiment report: {experiment.name}", "",
@@ -47,8 +50,9 @@ def write(experiment, runs: list[Run], root: pathlib.Path) -> pathlib.Path:
       + f"; baseline arm `{experiment.baseline_arm}`. Means ± 95% CI (Student t) over the "
       "finished seeds; n = finished seeds.", "",
       *_runs_table(files, root), "",
-      *_arm_table(arms, KEY_METRICS, "Results per arm"), "",
-      *_paired(experiment, arms), "",
+      *_arm_table(arms, [f"finetuned/{k}" for k in passes] + list(KEY_METRICS),
+                  "Results per arm"), "",
+      *_paired(experiment, arms, [*passes, "greedy_pass@1"]), "",
       *_prerequisites(files), "",
       *_stability(arms), "",
       "## Figures", "",
@@ -76,9 +80,9 @@ def _runs_table(files: list[runfiles.RunFiles], root: pathlib.Path) -> list[str]
       status += f": {f.error}"
     logged = [r["step"] for r in f.rows if "step" in r]
     steps = max(logged) if logged else "—"
-    flops_done = f.metrics.get(FLOPS) or max((r.get(flops.CUMULATIVE, 0) for r in f.rows),
-                                             default=0)
-    lines.append(f"| {f.run.name} | {status.replace('|', '/')} | {steps} | {flops_done:.3g} | "
+    spent = f.metrics.get(FLOPS) or max((r.get(flops.CUMULATIVE, 0) for r in f.rows), default=0)
+    lines.append(f"| {f.run.name} | {status.replace('|', '/')} | {steps} | "
+                 f"{f'{spent:.3g}' if spent else '—'} | "
                  f"[log.txt]({f.log.relative_to(root)}) |")
   crashed = [f for f in files if f.status in CRASHED]
   if crashed:
@@ -99,7 +103,8 @@ def _arm_table(arms: dict[str, list[runfiles.RunFiles]], metrics, title: str) ->
   return lines
 
 
-def _paired(experiment, arms: dict[str, list[runfiles.RunFiles]]) -> list[str]:
+def _paired(experiment, arms: dict[str, list[runfiles.RunFiles]], metrics: list[str]
+            ) -> list[str]:
   base_name = experiment.baseline_arm
   lines = [f"## Paired difference to `{base_name}` (fine-tuned model)", "",
            f"Mean over problems × seeds of (arm − {base_name}) on the same held-out problems and "
@@ -111,7 +116,7 @@ def _paired(experiment, arms: dict[str, list[runfiles.RunFiles]]) -> list[str]:
   for arm, runs in arms.items():
     if arm == base_name:
       continue
-    for metric in PAIRED:
+    for metric in metrics:
       pairs = [(f, base[f.run.seed]) for f in runs if f.run.seed in base]
       scores = [(runfiles.problem_scores(a, metric), runfiles.problem_scores(b, metric))
                 for a, b in pairs]
