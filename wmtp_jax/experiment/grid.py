@@ -6,7 +6,7 @@ evaluation, the data), ``sweeps`` (``(("weighting.beta", (0.5, 1.0, 2.0)), …)`
 ``budget``. ``expand`` turns it into ``Run``s:
 
 * every arm × sweep value × seed is a run in ``DIR/<arm>/<seed>/`` (``<arm>@<key>=<value>`` for a
-  sweep value). Sweeps are one axis at a time: each value of an axis replaces the default of
+  sweep value, ``<key>`` the last part of the dotted key). Sweeps are one axis at a time: each value of an axis replaces the default of
   every arm whose config has that key; a variant identical to another run's config is dropped;
   arms without the key stay as they are;
 * the frozen models an arm trains first (``critic``, ``reference``: their ``checkpoint`` empty)
@@ -32,7 +32,7 @@ from wmtp_jax import failures
 from wmtp_jax.config import common as config_lib
 
 SHARED_DIR = "_shared"
-FROZEN = {"critic": "critic", "reference": "reference"}  # config section → prerequisite name
+FROZEN = ("critic", "reference")  # config sections of frozen models a run may train first
 Overrides = tuple[tuple[str, object], ...]
 
 
@@ -153,9 +153,9 @@ def expand(experiment, root: pathlib.Path, step_flops: Callable[[object], float]
       extra = overrides + steps + (("seed", seed),)
       config = config_of(pipeline, variant, extra, name)
       needs = []
-      for section, prerequisite in FROZEN.items():
+      for section in FROZEN:
         if section in config and not config[section].checkpoint:
-          run = _prerequisite(prerequisite, config[section].run, seed)
+          run = _prerequisite(section, config[section].run, seed)
           prerequisites.setdefault(run.name, run)
           needs.append(run.name)
           extra += ((f"{section}.checkpoint", str(run.workdir(root) / run.pipeline)),)
