@@ -1,11 +1,12 @@
 """``python -m wmtp_jax.convert verify``: passes on faithful conversions and fails on perturbed
 ones, for a tiny HF LLaMA-3.2-style model (``llama3`` RoPE scaling with a short original context,
-tied embeddings, θ = 500000; ``save_pretrained`` safetensors) and a tiny Meta MTP checkpoint
-(``consolidated.pth`` + ``params.json`` of ``TorchMTP``), both written in the real formats."""
+tied embeddings, θ = 500000; ``save_pretrained`` safetensors), a tiny Meta MTP checkpoint
+(``consolidated.pth`` + ``params.json`` of ``TorchMTP``), both written in the real formats, and
+that MTP model's ``export-hf`` (every head through ``transformers``)."""
 
 import json
+import runpy
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_faithful_llama3_conversion_passes_beyond_the_original_context(llama3):
   (head,) = summary["heads"]
   assert head["head"] == 0 and head["passed"] and head["max_abs_diff"] < 1e-4 * (
       1 + head["max_abs_logit"])
-  assert summary["unchecked_heads"] == [] and summary["source"]["format"] == "hf"
+  assert summary["source"]["format"] == "hf"
 
 
 def test_perturbed_llama3_conversion_fails(llama3, tmp_path):
@@ -78,17 +79,38 @@ def test_meta_mtp_every_head_passes_and_a_perturbed_head_fails(meta_model, tmp_p
   assert not summary["passed"]
 
 
-def test_cli_exit_status_on_failure_and_source_errors(llama3, meta_model, tmp_path):
+def test_mtp_export_hf_every_head_runs_in_transformers(meta_model, tmp_path):
+  """An MTP model exported to HF (next-token path + extra_heads.safetensors) against its converted
+  directory: every head compared, a perturbed extra head caught."""
+  cfg, _, _, converted = meta_model
+  exported = tmp_path / "hf"
+  run("export-hf", "--src", converted, "--dst", exported)
+  summary = run("verify", "--hf", exported, "--converted", converted, "--seq-len", 20)
+  assert summary["passed"] and len(summary["heads"]) == cfg.n_future_tokens
+  bad = perturbed_copy(converted, tmp_path / "bad",
+                       ("head_1", "attention_norm", "weight"), 1.001)
+  summary = run("verify", "--hf", exported, "--converted", bad, "--seq-len", 20)
+  assert [h["passed"] for h in summary["heads"]] == [True, False, True]
+
+
+# runpy re-runs the imported module as __main__, as ``python -m`` would.
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+def test_cli_exit_status_on_failure_and_source_errors(llama3, meta_model, tmp_path, monkeypatch,
+                                                     capsys):
   src, converted = llama3
   _, _, meta_src, _ = meta_model
   bad = perturbed_copy(converted, tmp_path / "bad", ("model", "embed_tokens", "embedding"), 1.01)
-  done = subprocess.run([sys.executable, "-m", "wmtp_jax.convert", "verify", "--hf", str(src),
-                         "--converted", str(bad)], capture_output=True, text=True)
-  assert done.returncode == 1, done.stderr
-  assert json.loads(done.stdout)["passed"] is False
-  assert "verify: FAILED: heads [0]" in done.stderr
+  # ``python -m wmtp_jax.convert verify …``, in this process (its ``__main__`` block).
+  monkeypatch.setattr(sys, "argv", ["wmtp_jax.convert", "verify", "--hf", str(src),
+                                    "--converted", str(bad)])
+  with pytest.raises(SystemExit) as exit_info:
+    runpy.run_module("wmtp_jax.convert", run_name="__main__")
+  assert "verify: FAILED: heads [0]" in str(exit_info.value.code)  # sys.exit(message): status 1
+  assert json.loads(capsys.readouterr().out)["passed"] is False
   with pytest.raises(ValueError, match="not an MTP model: --meta cannot be its source"):
     run("verify", "--meta", meta_src, "--converted", converted)
+  with pytest.raises(ValueError, match=r"has 1 heads, .* has 3"):
+    run("verify", "--hf", src, "--converted", meta_model[3])
   with pytest.raises(ValueError, match="exactly one source"):
     verify.verify(converted)
   with pytest.raises(SystemExit):  # argparse: --hf and --meta are exclusive

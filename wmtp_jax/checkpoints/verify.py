@@ -6,8 +6,10 @@ Sources: ``hf`` (a HF ``LlamaForCausalLM`` directory, run by ``transformers``) o
 tokens are ``[B, S]`` uniform random ids, row ``b`` of length ``S − b·⌊S/(2B)⌋`` (right padded,
 so the key padding mask is exercised too); ``S`` defaults to ``original_max_position_embeddings
 + 32`` for a model with RoPE scaling (positions beyond the original context) and 64 otherwise.
-A HF directory exported from an MTP model (``extra_heads.safetensors``) runs in ``transformers``
-as its next-token path: head 0 is compared, the extra heads are listed as unchecked.
+A HF directory exported from an MTP model (``export-hf``: the next-token path plus
+``extra_heads.safetensors``) runs in ``transformers`` once per head: head ``k`` is the
+``LlamaForCausalLM`` whose last layer is the extra head block ``k`` (Meta's wiring: every head
+reads the trunk, then the shared norm and output).
 
 The check is ``numpy.allclose``'s, ``|ours − source| ≤ tol + tol·|source|`` at every real
 (unpadded) position of every compared head, ``tol`` = 1e-4 by default (the fp32 tolerance of the
@@ -29,7 +31,7 @@ import transformers
 
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.checkpoints.export import EXTRA_HEADS_FILE
-from wmtp_jax.checkpoints.sources import TensorFiles, hf_files, meta_files
+from wmtp_jax.checkpoints.sources import TensorFiles, hf_files, meta_files, to_torch
 from wmtp_jax.checkpoints.torch_mtp import TorchMTP
 from wmtp_jax.models.llama import LlamaConfig
 from wmtp_jax.models.mtp import MTPConfig
@@ -55,14 +57,35 @@ def random_batch(vocab_size: int, seq_len: int, batch: int,
   return tokens_BxS, mask_BxS
 
 
+def _extra_heads(src: Path) -> list[dict[str, torch.Tensor]]:
+  """The fp32 state dicts (``LlamaDecoderLayer`` keys) of the extra heads 1 … n−1 in
+  ``src/extra_heads.safetensors`` (none without the file)."""
+  if not (src / EXTRA_HEADS_FILE).is_file():
+    return []
+  heads: dict[int, dict[str, torch.Tensor]] = {}
+  for key, array in TensorFiles([src / EXTRA_HEADS_FILE]):
+    prefix, index, sub_key = key.split(".", 2)
+    if prefix != "extra_heads" or not index.isdigit():
+      raise ValueError(f"{src / EXTRA_HEADS_FILE}: unexpected tensor {key!r}")
+    heads.setdefault(int(index), {})[sub_key] = to_torch(array).float()
+  if sorted(heads) != list(range(len(heads))):
+    raise ValueError(f"{src / EXTRA_HEADS_FILE}: extra heads {sorted(heads)} are not 0 … n−2")
+  return [heads[k] for k in range(len(heads))]
+
+
 def _hf_logits(src: Path, tokens_BxS: np.ndarray, mask_BxS: np.ndarray) -> np.ndarray:
-  """``[B, S, 1, V]`` fp32 logits of ``transformers``' model of the HF directory ``src``."""
+  """``[B, S, n, V]`` fp32 logits of ``transformers``' model of the HF directory ``src``, one
+  forward per head (module docstring; ``n`` = 1 without extra heads)."""
   hf_files(src)  # a clear error for a directory without config / weights
   model = transformers.LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-  with torch.no_grad():
-    logits_BxSxV = model(input_ids=torch.from_numpy(tokens_BxS),
-                         attention_mask=torch.from_numpy(mask_BxS)).logits
-  return logits_BxSxV.float().numpy()[:, :, None, :]
+  logits = []
+  for head_state in [None, *_extra_heads(src)]:
+    if head_state is not None:  # strict: every key of the block, nothing else
+      model.model.layers[-1].load_state_dict(head_state, strict=True)
+    with torch.no_grad():
+      logits.append(model(input_ids=torch.from_numpy(tokens_BxS),
+                          attention_mask=torch.from_numpy(mask_BxS)).logits.float().numpy())
+  return np.stack(logits, axis=2)
 
 
 def _meta_logits(src: Path, tokens_BxS: np.ndarray, mask_BxS: np.ndarray) -> np.ndarray:
@@ -115,7 +138,7 @@ def verify(converted: str | Path, *, hf: str | Path | None = None, meta: str | P
   """Runs the source (exactly one of ``hf``, ``meta``) and the converted model on the same
   random tokens and compares their logits per head (module docstring). Returns the summary:
   ``{"passed", "tolerance", "source", "converted", "tokens": [B, S], "heads": [per head],
-  "unchecked_heads", "seconds": {"source", "converted"}}``."""
+  "seconds": {"source", "converted"}}``."""
   if (hf is None) == (meta is None):
     raise ValueError("verify: give exactly one source, --hf HF_DIR or --meta META_DIR")
   converted = pretrained.resolve(converted)
@@ -140,14 +163,12 @@ def verify(converted: str | Path, *, hf: str | Path | None = None, meta: str | P
   got = _our_logits(converted, tokens_BxS, mask_BxS)
   converted_seconds = time.perf_counter() - start
 
-  n_heads = got.shape[2]
-  if hf is not None and n_heads > 1 and not (source / EXTRA_HEADS_FILE).is_file():
-    raise ValueError(f"{converted} is an MTP model with {n_heads} heads but {source} has no "
-                     f"{EXTRA_HEADS_FILE}: not its source")
-  heads = compare(want, got[:, :, :want.shape[2]], mask_BxS, tolerance)
+  if want.shape[2] != got.shape[2]:
+    raise ValueError(f"{source} has {want.shape[2]} heads, {converted} has {got.shape[2]}: not "
+                     f"its source (an MTP export-hf carries {EXTRA_HEADS_FILE})")
+  heads = compare(want, got, mask_BxS, tolerance)
   return {"passed": all(h["passed"] for h in heads), "tolerance": tolerance,
           "source": {"format": "hf" if hf is not None else "meta", "path": str(source)},
           "converted": str(converted), "tokens": [batch, seq_len], "heads": heads,
-          "unchecked_heads": list(range(want.shape[2], n_heads)),
           "seconds": {"source": round(source_seconds, 2),
                       "converted": round(converted_seconds, 2)}}
