@@ -129,9 +129,12 @@ def test_a_foreign_directory_under_the_name_is_not_touched(tmp_path):
   path = cache.entry_path(tmp_path, "toy", params, "t")
   path.mkdir()
   (path / "mine.txt").write_text("not a cache entry")
-  with pytest.raises(RuntimeError, match="cache.json.*is missing or differs"):
+  with pytest.raises(RuntimeError, match="cache.json is missing or unreadable"):
     cache.cached_dir(tmp_path, "toy", params, lambda d: None, label="t")
   assert [p.name for p in path.iterdir()] == ["mine.txt"]
+  (path / cache.MARKER_FILE).write_text(json.dumps({"kind": "toy", "params": {"seed": 1}}))
+  with pytest.raises(RuntimeError, match=r"cache.json records other parameters \(params.seed\)"):
+    cache.cached_dir(tmp_path, "toy", params, lambda d: None, label="t")
 
 
 def test_an_exception_in_the_build_leaves_nothing(tmp_path):

@@ -197,7 +197,7 @@ def test_cached_datasets_of_concurrent_jobs(tmp_path):
   built = f"built cached synthetic {path_a} in"
   assert (log_1 + log_2).count(built) == 1 and (log_1 + log_2).count("records in") == 1
   # pylint: disable=protected-access
-  assert json.loads((path_a / synthetic.PARAMS_FILE).read_text()) == dataset_lib._params(
+  assert json.loads((path_a / synthetic.PARAMS_FILE).read_text()) == dataset_lib.generation_params(
       seed=0, vocab_size=512, **a)
   assert all(p.is_file() for p in dataset_lib._expected_files(path_a))
   # pylint: enable=protected-access

@@ -85,10 +85,9 @@ def corpus_dir(config) -> pathlib.Path:
   build = lambda: corpus.cached_corpus(config.data.cache_dir,
                                        dataset_params=config.data.synthetic.to_dict(),
                                        **config.corpus)
-  if jax.process_index() == 0:
-    build()
+  path = build() if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices(CORPUS_BARRIER)
-  return build()
+  return path or build()
 
 
 def use_corpus(config) -> None:
