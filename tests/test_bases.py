@@ -59,6 +59,8 @@ def _job(small_dataset, cache_root, **overrides):
 
 def test_a_base_is_built_once_and_rebuilt_for_other_parameters(small_dataset, cache_root,
                                                                trained, tmp_path):
+  """Two pre-trainings of 2 steps (each compiles its step: ~1 min on a loaded 2-core machine),
+  the least that shows a base reused and another one built."""
   job = _job(small_dataset, cache_root)
   report = main_lib.train_prerequisites(job, tmp_path / "job1")
   assert trained == ["base_mtp"]
