@@ -16,8 +16,12 @@ The check is ``numpy.allclose``'s, ``|ours − source| ≤ tol + tol·|source|``
 parity tests). A checkpoint converted to a narrower dtype than its source (``--dtype bf16`` of an
 fp32 / fp16 source) differs by that rounding and fails, as it should: verify an fp32 conversion.
 
-Host memory: one model at a time (the source runs, its logits are kept, it is freed, then ours
-loads), plus two ``[B, S, n, V]`` fp32 logits arrays.
+Host memory: one model at a time in fp32 (the source runs, its logits are kept, it is freed,
+then ours loads), plus two ``[B, S, n, V]`` fp32 logits arrays and, in ours, the ``[B, Q, S, S]``
+attention scores of a layer: at LLaMA-3's default ``S`` = 8224 that is ~8 GB of logits per model
+and ~17 GB of scores for ``B`` = 2 (``--batch 1`` halves both). Measured (``python -m
+wmtp_jax.bench convert --source llama3``): LLaMA-3.2-1B's shape at 2 × 256 tokens, 278 s and
+7.6 GB peak on a loaded 2-core host.
 """
 
 import gc
