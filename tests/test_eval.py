@@ -337,6 +337,43 @@ def test_evaluate_problems_on_the_synthetic_task(synthetic_dir, tiny_model):
   assert summary["pass@1"] == 0.0
 
 
+def test_decoding_stops_with_and_without_a_trained_eos(synthetic_dir, tiny_model, monkeypatch):
+  """The generator gets the format's stop sequences and the completion is cut by them: a correct
+  program followed by EOS passes with a trained EOS; followed by a failing top-level assert and
+  a second definition (no EOS learned) it passes only under the no-EOS stop rules."""
+  from wmtp_jax.data import jsonl, tokenizer
+  from wmtp_jax.decoding import generator as gen
+  from wmtp_jax.eval import prompts, runner
+  tok = tokenizer.load_tokenizer(synthetic_dir / "tokenizer")
+  problem = jsonl.read_problems(synthetic_dir / "test.problems.jsonl")[0]
+  solution = next(r["output"] for r in jsonl.read_jsonl(synthetic_dir / "test.jsonl")
+                  if r["problem_id"] == problem["problem_id"] and r["is_correct"])
+  junk = "assert f(0) == 'never'\ndef f(*a):\n    return None\n"
+  model, params = tiny_model
+
+  def run(continuation, eos_trained, eos=False):
+    ids = tok.encode(continuation, add_special_tokens=False) + [tok.eos_token_id] * eos
+    seen = {}
+
+    def generate(self, params, prompt_ids, **kwargs):
+      seen.update(kwargs)
+      return gen.Generation([list(ids)] * len(prompt_ids), ["eos"] * len(prompt_ids),
+                            {"tokens": 0, "seconds": 1.0, "tokens_per_s": 0.0})
+
+    monkeypatch.setattr(gen.Generator, "generate", generate)
+    result = runner.evaluate_problems(model, params, tok, [problem], eos_trained=eos_trained,
+                                      max_new_tokens=8)
+    assert seen["stop"] == prompts.Format("synthetic", "finetuned", eos_trained).stop
+    assert seen["eos_id"] == tok.eos_token_id
+    return result["samples"][0]
+
+  with_eos = run(solution, True, eos=True)
+  assert with_eos["passed"] and with_eos["completion"].strip() == solution.strip()
+  without = run(solution + junk, False)
+  assert without["passed"] and without["completion"].strip() == solution.strip()
+  assert not run(solution + junk, True)["passed"]  # the no-EOS rules are what cut it
+
+
 def test_evaluate_pipeline_writes_results(tmp_path, synthetic_dir, tiny_model, capsys):
   from wmtp_jax.checkpoints import pretrained
   import configs.evaluate as evaluate_config  # pylint: disable=import-outside-toplevel
