@@ -3,6 +3,8 @@ rho1): the loss against loops (all weights 1 = next-token CE; Rho-1 with n = 1 =
 Rho-1), tied input/output embeddings through the policy path, a tiny run that overfits a batch,
 and its export loaded by transformers."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from conftest import tiny_config
 from train_helpers import build_run, step_fn
 from wmtp_jax import IGNORE_INDEX, objectives
 from wmtp_jax.checkpoints import pretrained
+from wmtp_jax.eval import interval
 from wmtp_jax.models.llama import LlamaForCausalLM
 from wmtp_jax.training import loop
 
@@ -101,8 +104,8 @@ def test_rho1_with_one_head_is_the_original_rho1(tied, small_dataset):
   params, ref_params = _params(objective.model, seed=2), _params(reference, seed=3)
   batch = _batch(seed=1)
   loss, (metrics, _) = objective.loss(params, _apply(objective.model), {"reference": ref_params},
-                                      batch, objective.normalizers(batch), objective.init_aux(params),
-                                      jax.random.key(0))
+                                      batch, objective.normalizers(batch),
+                                      objective.init_aux(params), jax.random.key(0))
   policy_ce = _loop_ce(objective.model, params, batch)
   ref_ce = _loop_ce(reference, ref_params, batch)
   excess = {key: policy_ce[key] - ref_ce[key] for key in policy_ce}
@@ -135,9 +138,11 @@ def test_tiny_ntp_run_overfits_a_batch(pipeline, tied, small_dataset, tmp_path):
 
 
 def test_ntp_run_export_loads_in_transformers_with_our_logits(small_dataset, tmp_path):
-  """A finished ``baseline:ntp`` run of a tied LLaMA (LoRA on all seven linear layers, merged)
-  exports to a HF ``LlamaForCausalLM`` directory (tied: no ``lm_head``) whose logits
-  transformers computes equal to ours in fp32. (Untied LLaMA exports: test_export.)"""
+  """A ``baseline:ntp`` run of a tied LLaMA (LoRA on all seven linear layers) logs held-out
+  pass@1 during training (the interval hook: greedy decoding of the LLaMA policy, sandbox-scored),
+  and its model (adapters merged) exports to a HF ``LlamaForCausalLM`` directory (tied: no
+  ``lm_head``) whose logits transformers computes equal to ours in fp32. (Untied LLaMA
+  exports: test_export.)"""
   import torch
   import transformers
   from wmtp_jax import convert
@@ -146,7 +151,12 @@ def test_ntp_run_export_loads_in_transformers_with_our_logits(small_dataset, tmp
   config.lora.settings.targets = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
   config.train.trainable = ""  # adapters only
   config.optim.lr = 1e-2
-  loop.run(config, tmp_path / "run")
+  config.evaluate.update(every_steps=config.train.steps, interval_problems=4, max_new_tokens=16)
+  loop.run(config, tmp_path / "run", hooks=(interval.hook(config),))
+  metrics_file = tmp_path / "run" / "metrics.jsonl"
+  logged = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+  pass_at_1 = [row[interval.METRIC] for row in logged if interval.METRIC in row]
+  assert len(pass_at_1) == 1 and 0.0 <= pass_at_1[0] <= 1.0
   convert.main(["export-hf", "--src", str(tmp_path / "run"), "--dst", str(tmp_path / "hf"),
                 "--dtype", "fp32"])
   cfg, params = pretrained.load_pretrained(tmp_path / "run")
