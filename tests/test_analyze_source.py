@@ -59,5 +59,12 @@ def test_bad_runs_are_errors(tmp_path, small_dataset):
   shared = make_run(tmp_path / "s", "verifiable:shared_head", small_dataset, export=False)
   with pytest.raises(ValueError, match="shared-head verifiable run .*separate critic"):
     source_lib.find(shared)
+  (tmp_path / "j").mkdir()
+  (tmp_path / "j" / "config.json").write_text("{not json")
+  with pytest.raises(ValueError, match="j/config.json: not a run config"):
+    source_lib.find(tmp_path / "j")
+  (tmp_path / "j" / "config.json").write_text('{"pipeline": "rho1"}')
+  with pytest.raises(ValueError, match="j/config.json: not a complete run config"):
+    source_lib.find(tmp_path / "j")
   with pytest.raises(FileNotFoundError, match="--data .*: no such dataset directory"):
     source_lib.find(tmp_path / "b" / "baseline" / "model", data=str(tmp_path / "none"))

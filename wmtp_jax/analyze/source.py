@@ -60,7 +60,11 @@ def find(run: str | pathlib.Path, *, data: str | None = None, split: str | None 
   if not path.is_dir():
     raise FileNotFoundError(f"--run {path}: no such directory")
   if (path / checkpointer.CONFIG_FILE).is_file():
-    return _from_run(path, data, split)
+    try:
+      return _from_run(path, data, split)
+    except (AttributeError, KeyError) as e:   # a key this analysis reads is missing
+      raise ValueError(f"{path / checkpointer.CONFIG_FILE}: not a complete run config "
+                       f"({e})") from e
   if (path / pretrained.CONFIG_FILE).is_file():
     return _from_checkpoint(path, data, split)
   runs = [d for d in sorted(path.iterdir()) if (d / checkpointer.CONFIG_FILE).is_file()]
@@ -78,7 +82,11 @@ def find(run: str | pathlib.Path, *, data: str | None = None, split: str | None 
 
 
 def _read_config(run: pathlib.Path) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads((run / checkpointer.CONFIG_FILE).read_text()))
+  path = run / checkpointer.CONFIG_FILE
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except ValueError as e:
+    raise ValueError(f"{path}: not a run config ({e})") from e
 
 
 def _model(path: str | pathlib.Path, what: str, kind: str) -> pathlib.Path:
