@@ -3,7 +3,9 @@
     python -m wmtp_jax.analyze tokens --run WORKDIR [--n 8] [--color COLOUR] [--out DIR]
 
 writes ``tokens-<colour>.html`` (one self-contained page: inline CSS, no script, nothing fetched)
-and ``tokens-<colour>.png`` (a matplotlib summary) into ``--out`` (default ``WORKDIR/analysis``).
+and ``tokens-<colour>.png`` (a matplotlib summary) into ``--out`` (default ``WORKDIR/analysis``;
+for a converted checkpoint ``./analysis``). ``--color`` defaults to ``td`` for a critic,
+``excess`` for a ``rho1`` run and ``loss`` for a reference alone.
 
 What ``--run`` may be (``source.find``):
   * a finished run directory (``WORKDIR/<phase>``: ``config.json`` + the exported ``model/``) of
@@ -18,7 +20,10 @@ The samples come from the run's dataset (``config.data``; ``--data`` overrides i
 ``--split`` (default the run's ``config.data.valid_split``): ``--n`` held-out problems that have a
 correct and an incorrect solution, each shown as a pair side by side (the incorrect solution drawn
 at random, the correct one nearest to it in characters, so that both usually share a surface
-style); when fewer problems have both, single solutions fill the page (``samples``).
+style); when fewer problems have both, single solutions fill the page; a problem whose prompt
+leaves no room for a response in the run's ``data.max_len`` is left out (``samples``). Rows are
+encoded as the run encodes them (``data.template``: the closing EOS where ``data.train_eos``);
+what truncation cuts is shown greyed, unscored.
 
 What is shown (``collect``; every quantity sits on its *target* token ``x_t``, the index of
 ``labels``, DESIGN §2, and is also in each token's tooltip):
