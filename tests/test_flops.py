@@ -124,3 +124,13 @@ def test_logged_cumulative_flops_count_every_step_across_a_resume(small_dataset,
   resumed = [r for r in read() if flops.CUMULATIVE in r]
   assert sorted((r["step"], r[flops.CUMULATIVE]) for r in resumed) == sorted(
       (r["step"], r[flops.CUMULATIVE]) for r in first)
+
+
+def test_a_shorter_training_horizon_runs_fewer_head_blocks(small_dataset):
+  """``model.train_heads = 1`` of the 2 heads: the trunk block, one head block and one
+  unembedding per token, by hand 2·(2·46080 + 64·512) + 4·2·160·64."""
+  config = tiny_config("baseline", small_dataset)
+  config.model.train_heads = 1
+  objective = objectives.build(config)
+  assert flops.train_flops_per_token(objective, 160) == 3 * (2 * (2 * 46080 + 64 * 512)
+                                                             + 4 * 2 * 160 * 64)

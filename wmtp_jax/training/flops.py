@@ -4,7 +4,8 @@ Per token, a forward pass costs ``2 · (matmul parameters used)`` plus attention
 (``QKᵀ`` and ``AV`` over the full ``S`` keys, the usual convention that ignores causal masking);
 training costs 3× the forward of the trained model (forward + backward) plus the forward of frozen
 models (critic / reference). For the MTP model every trunk and head block runs once per token and
-the shared unembedding ``D·V`` runs once per head. The peak, unless configured, is measured with
+the shared unembedding ``D·V`` runs once per head (the ``train_heads`` first heads when set: the
+others are not run). The peak, unless configured, is measured with
 a matmul in the trained model's compute dtype (its ``cfg.dtype``, ``config.model.dtype`` where set:
 bf16 runs at several times the fp32 rate on accelerators). ``known_peak_flops`` looks up the data
 sheet's dense bf16 peak of a device kind (``BF16_PEAK_FLOPS``).
@@ -47,8 +48,9 @@ def forward_flops_per_token(cfg: MTPConfig | LlamaConfig, seq_len: int, *, lm_he
   """Forward FLOPs per token of an MTP model or a LLaMA (with or without its ``lm_head``)."""
   b = cfg.block
   if isinstance(cfg, MTPConfig):
-    n_blocks = cfg.n_trunk_layers + cfg.n_future_tokens
-    head = cfg.n_future_tokens * cfg.dim * cfg.vocab_size
+    heads = cfg.train_heads or cfg.n_future_tokens  # a train step runs only the trained heads
+    n_blocks = cfg.n_trunk_layers + heads
+    head = heads * cfg.dim * cfg.vocab_size
   else:
     n_blocks, head = cfg.num_hidden_layers, cfg.hidden_size * cfg.vocab_size if lm_head else 0
   return 2.0 * (n_blocks * _block_matmul_params(b) + head) + 4.0 * n_blocks * seq_len * b.dim
