@@ -107,20 +107,18 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
   c.loss = CD(dict(memory_efficient=not tiny, vocab_block=8192, token_block=1024))
   c.checkpoint = CD(dict(every_steps=200 if tiny else 500, keep=2, best_metric="val_loss",
                          best_mode="min"))
-  # After training a policy (``enabled``): held-out pass@1 (greedy, sandbox-scored) of
-  # ``max_problems`` next to the untrained model; during training: ``eval_pass_at_1`` of the first
-  # ``interval_problems`` every ``every_steps`` steps (0 = never; ``wmtp_jax.eval.interval``).
   # After training a policy (``enabled``; ``wmtp_jax.eval.compare``): the base and the
   # fine-tuned model on the first ``max_problems`` (0 = all) ``split`` problems: pass@``ks`` from
   # ``n_samples`` samples at each of ``temperatures`` (top-p ``top_p``, the best pass@1 kept),
-  # greedy pass@1 (``greedy``) and per-head accuracy. The base reads ``base_prompt_mode``'s prompts
-  # (tiny "finetuned": the tiny bases were pre-trained behind the template's header; 7b "base":
-  # the raw harness prompt). ``max_new_tokens`` 0 = the benchmark's own; each program runs
+  # greedy pass@1 (``greedy``) and per-head accuracy (tiny: 32 problems, n 10, so that the README
+  # main job stays within 10 minutes on 2 cores; raise ``max_problems`` for tighter estimates).
+  # The base reads ``base_prompt_mode``'s prompts (tiny "finetuned": the tiny bases were
+  # pre-trained behind the template's header; 7b "base": the raw harness prompt). ``max_new_tokens`` 0 = the benchmark's own; each program runs
   # ``timeout_s`` / ``memory_mb`` in the sandbox. 7b: the reference's protocol (n 20, T 0.2 and
   # 0.8, top-p 0.95, k 1 5 10 20, 5 s). During training: greedy ``eval_pass_at_1`` of the first
   # ``interval_problems`` every ``every_steps`` steps (0 = never; ``wmtp_jax.eval.interval``).
   c.evaluate = CD(dict(
-      enabled=policy, split="test", max_problems=(64 if tiny else 0) if policy else 200,
+      enabled=policy, split="test", max_problems=(32 if tiny else 0) if policy else 200,
       max_new_tokens=96 if tiny else 0, batch_size=32, n_samples=10 if tiny else 20,
       temperatures=(0.8,) if tiny else (0.2, 0.8), top_p=0.95,
       ks=(1, 5, 10) if tiny else (1, 5, 10, 20), greedy=True,
