@@ -337,6 +337,15 @@ def test_evaluate_problems_on_the_synthetic_task(synthetic_dir, tiny_model):
   assert summary["pass@1"] == 0.0
 
 
+def test_split_problems_limit_zero_is_every_problem(synthetic_dir):
+  """``evaluate.max_problems = 0`` (the 7b default) evaluates the whole split."""
+  from wmtp_jax.eval import runner
+  every = runner.split_problems(synthetic_dir, "test", 0)
+  assert len(every) == 12 and runner.split_problems(synthetic_dir, "test", 5) == every[:5]
+  with pytest.raises(FileNotFoundError, match="config.evaluate.split='tset'"):
+    runner.split_problems(synthetic_dir, "tset", 0)
+
+
 def test_decoding_stops_with_and_without_a_trained_eos(synthetic_dir, tiny_model, monkeypatch):
   """The generator gets the format's stop sequences and the completion is cut by them: a correct
   program followed by EOS passes with a trained EOS; followed by a failing top-level assert and

@@ -60,12 +60,13 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 
 def split_problems(directory: pathlib.Path, split: str, limit: int) -> list[dict]:
-  """The first ``limit`` problems of a run's dataset split, ``{directory}/{split}.problems.jsonl``
-  (``config.evaluate.split``)."""
+  """The first ``limit`` problems (0 = all) of a run's dataset split,
+  ``{directory}/{split}.problems.jsonl`` (``config.evaluate.split``)."""
   path = directory / f"{split}.problems.jsonl"
   if not path.is_file():
     raise FileNotFoundError(f"config.evaluate.split={split!r}: {path} does not exist")
-  return jsonl.read_problems(path)[:limit]
+  problems = jsonl.read_problems(path)
+  return problems[:limit] if limit else problems
 
 
 def evaluate_problems(model, params, tokenizer, problems: list[dict], *,
