@@ -1,5 +1,6 @@
-"""Base vs fine-tuned after training (``eval.compare``): both models' protocol summaries and per-head
-accuracy, and the per-problem file whose counts give back the summaries' pass@k."""
+"""Base vs fine-tuned after training (``eval.compare``): both models' protocol summaries and
+per-head accuracy, the per-problem file whose counts give back the summaries' pass@k, and the
+settings checked before training."""
 
 import json
 
@@ -49,3 +50,18 @@ def test_base_vs_finetuned_writes_per_problem_results(small_dataset, tmp_path):
       assert summary[f"head_perplexity/{k}"] >= 1.0
   samples = (run / "eval" / "samples.jsonl").read_text().splitlines()
   assert len(samples) == 2 * 3 * (2 * 2 + 1)
+
+
+def test_evaluation_settings_are_checked_before_training():
+  from wmtp_jax.config import common  # pylint: disable=import-outside-toplevel
+  compare.check_config(common.load("baseline", "tiny"))
+  for overrides, message in (
+      ({"base_prompt_mode": "raw"}, "config.evaluate.base_prompt_mode='raw'"),
+      ({"temperatures": (0.0, 0.8)}, "config.evaluate: temperatures="),
+      ({"temperatures": (), "greedy": False}, "config.evaluate: nothing to evaluate")):
+    bad = common.load("baseline", "tiny")
+    bad.evaluate.update(overrides)
+    with pytest.raises(ValueError, match=message):
+      compare.check_config(bad)
+    bad.evaluate.enabled = False
+    compare.check_config(bad)  # not evaluated: not checked

@@ -83,7 +83,7 @@ def test_mbpp_function_name_instruction_matches_the_reference_rule_on_the_real_f
 
 
 def test_modes_and_sources_are_checked():
-  with pytest.raises(ValueError, match="prompt mode 'raw'"):
+  with pytest.raises(ValueError, match="prompt mode='raw': expected one of"):
     prompts.Format("mbpp", "raw")
   with pytest.raises(ValueError, match="several sources"):
     prompts.benchmark_of([PROBLEMS["mbpp"], PROBLEMS["gsm8k"]])

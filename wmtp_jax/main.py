@@ -137,6 +137,7 @@ def _run(config, workdir: pathlib.Path) -> tuple[dict, BaseException | None]:
   error = None
   try:
     config_lib.check_required(config)
+    compare.check_config(config)
     train_prerequisites(config, workdir, phases)
     _train(phases, config.pipeline, config, workdir / config.pipeline, hooks=_hooks(config))
     if config.evaluate.enabled:

@@ -36,6 +36,19 @@ EVAL_DIR = "eval"
 MODELS = ("base", "finetuned")
 
 
+def check_config(config) -> None:
+  """The settings of ``config.evaluate`` are usable (checked before training, not after it): an
+  error naming the key otherwise."""
+  e = config.evaluate
+  if not e.enabled:
+    return
+  prompts.check_mode(e.base_prompt_mode, "config.evaluate.base_prompt_mode")
+  try:
+    evaluate_pipeline.settings(e, max_new_tokens=1)
+  except ValueError as error:
+    raise ValueError(f"config.evaluate: {error}") from error
+
+
 def base_vs_finetuned(config, run_dir: pathlib.Path) -> dict:
   """``{"base": summary, "finetuned": summary, "problems_file": path}``; each summary holds
   ``pass@k``, ``temperature``, ``by_temperature``, ``greedy_pass@1``, ``head_accuracy/<k>``,

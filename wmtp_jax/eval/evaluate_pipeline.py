@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from wmtp_jax.checkpoints import checkpointer as checkpointing, pretrained
 from wmtp_jax.config import common as config_lib
 from wmtp_jax.data import jsonl, tokenizer as tokenizer_lib
-from wmtp_jax.eval import benchmarks, protocol, runner
+from wmtp_jax.eval import benchmarks, prompts, protocol, runner
 from wmtp_jax.training import mesh as mesh_lib, metrics_log
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def run(config, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   config_lib.check_required(config)
   bench = benchmarks.get(config.benchmark)
+  prompts.check_mode(config.prompt_mode, "config.prompt_mode")
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.param_rules(config.mesh)

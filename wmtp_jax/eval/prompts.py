@@ -46,9 +46,10 @@ _MBPP_FIRST_CALL = re.compile(r"assert\s+(\w+)\s*\(")
 _FENCE = re.compile(r"```[ \t]*(?:[A-Za-z0-9_+-]+)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
-def check_mode(mode: str) -> None:
+def check_mode(mode: str, where: str = "prompt mode") -> None:
+  """``mode`` is one of ``PROMPT_MODES``, else an error naming ``where`` (a config key)."""
   if mode not in PROMPT_MODES:
-    raise ValueError(f"unknown prompt mode {mode!r}; known: {PROMPT_MODES}")
+    raise ValueError(f"{where}={mode!r}: expected one of {PROMPT_MODES}")
 
 
 def benchmark_of(problems: Sequence[Mapping[str, Any]]) -> str:
