@@ -185,7 +185,15 @@ def test_with_response_lengths_measures_only_pairable_problems(pim):
   assert "correct_response_lengths" not in bare["p00"]  # the input is not changed
 
 
-def test_validation_args_and_method_lists():
+def test_method_args_validation_args_and_method_lists():
+  reference = common.reference_sampler_args(n_samples=7, max_pairs_per_problem=0)
+  today = {"max_pairs_per_problem": 4, "length_bins": (0, 100)}
+  assert samplers.method_args("pairs", today, reference) == today
+  assert samplers.method_args("unique_correct", today, reference) == dict(
+      n_samples=7, max_pairs_per_problem=None, difficulty_bins=((1, 25, 1.0),))
+  assert samplers.method_args("length_balanced_pairs", today, common.reference_sampler_args()) == (
+      dict(n_samples=None, max_pairs_per_problem=60, difficulty_bins=((1, 25, 1.0),),
+           length_bins=EDGES))
   args = {"n_samples": 200000, "max_pairs_per_problem": 60}
   assert samplers.validation_args("unique_correct", args) == {**args, "n_samples": None}
   assert samplers.validation_args("balanced", {"n_samples": 8}) == {"n_samples": 8}
@@ -195,13 +203,18 @@ def test_validation_args_and_method_lists():
 
 def test_7b_policies_share_one_sample_set_and_the_critic_bins_responses():
   """Every 7b policy pipeline draws the same set (sampler, arguments and seed equal); the 7b
-  critic uses the length-balanced pairs with the reference's edges."""
+  critic uses the length-balanced pairs with the reference's edges; today's samplers stay the
+  tiny defaults and one flag away on 7b (their own ``sampler_args``)."""
   configs = [common.load(name, "7b") for name in ("baseline", "verifiable", "rho1")]
-  data = [(c.data.sampler, c.data.sampler_args.to_dict(), c.data.seed) for c in configs]
+  data = [(c.data.sampler, samplers.method_args(c.data.sampler, c.data.sampler_args,
+                                                c.data.reference_sampler_args), c.data.seed)
+          for c in configs]
   assert data[0][0] == "unique_correct" and data.count(data[0]) == 3
-  assert data[0][1]["max_pairs_per_problem"] == 60
-  assert tuple(map(tuple, data[0][1]["difficulty_bins"])) == ((1, 25, 1.0),)
+  assert data[0][1] == dict(n_samples=200000, max_pairs_per_problem=60,
+                            difficulty_bins=((1, 25, 1.0),))
   critic = common.load("critic", "7b").data
-  assert critic.sampler == "length_balanced_pairs"
-  assert tuple(critic.sampler_args.length_bins) == EDGES and len(EDGES) == 17
-  assert common.load("critic", "tiny").data.sampler == ""  # today's sampling stays the default
+  assert critic.sampler == "length_balanced_pairs" and len(EDGES) == 17
+  assert samplers.method_args(critic.sampler, critic.sampler_args,
+                              critic.reference_sampler_args)["length_bins"] == EDGES
+  assert common.load("critic", "tiny").data.sampler == ""
+  assert common.load("baseline", "7b").data.sampler_args.to_dict() == {}  # correct_only fits

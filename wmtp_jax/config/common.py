@@ -87,7 +87,11 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
       truncation="response", bucket_lengths=(64, 128, 256) if tiny else (512, 1024, 2048),
       sampler="", sampler_args=CD(), val_batches=4 if tiny else 16, samples="correct",
       synthetic=CD(dict(n_train=1000, n_valid=100, n_test=200, seed=0, vocab_size=512)),
-      train_eos=True))
+      train_eos=True, reference_sampler_args=reference_sampler_args()))
+  # ``data.sampler``: a ``samplers.METHODS`` name (empty: the objective's default); today's
+  # samplers read ``sampler_args``, the reference's (``unique_correct``, ``unique_pairs``,
+  # ``length_balanced_pairs``; the 7b defaults, ``reference_sampling``) read
+  # ``reference_sampler_args`` (``samplers.method_args``), so either kind is one flag away.
   # ``data.train_eos``: rows end with a trained EOS (the default: generation stops where the
   # program ends, and the critic's terminal value sits on that EOS); False is the reference's
   # recipe (pad = EOS, padding labels ignored, so no EOS is ever learned; evaluation then stops
@@ -127,18 +131,25 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
   return c
 
 
+def reference_sampler_args(n_samples: int = 0, max_pairs_per_problem: int = 60) -> CD:
+  """``data.reference_sampler_args``, the arguments of the reference's samplers
+  (``wmtp_jax.data.reference_samplers``): ``n_samples`` (0 = every pair), at most
+  ``max_pairs_per_problem`` pairs per problem (0 = no cap), the difficulty bins (1–25) and the
+  17 response-length bin edges of ``length_balanced_pairs``."""
+  return CD(dict(n_samples=n_samples, max_pairs_per_problem=max_pairs_per_problem,
+                 difficulty_bins=reference_samplers.REFERENCE_DIFFICULTY,
+                 length_bins=reference_samplers.REFERENCE_LENGTH_BINS))
+
+
 def reference_sampling(sampler: str, *, n_samples: int, max_pairs_per_problem: int) -> dict:
-  """``data`` fields of the reference's sampling (the ``7b`` defaults; today's samplers stay
-  selectable): ``unique_correct`` (the correct side of unique 1:1 pairs: the same training set
-  for every method at one seed) or ``length_balanced_pairs`` (the critic's pairs, matched within
-  the reference's 17 response-length bins); problems with both correct and incorrect solutions
-  and difficulty 1–25, at most ``max_pairs_per_problem`` pairs each
-  (``wmtp_jax.data.reference_samplers``)."""
-  args = dict(n_samples=n_samples, max_pairs_per_problem=max_pairs_per_problem,
-              difficulty_bins=reference_samplers.REFERENCE_DIFFICULTY)
-  if sampler == "length_balanced_pairs":
-    args["length_bins"] = reference_samplers.REFERENCE_LENGTH_BINS
-  return dict(sampler=sampler, sampler_args=CD(args))
+  """``data`` fields of the reference's sampling, the ``7b`` default: ``unique_correct`` (the
+  correct side of unique 1:1 pairs: the same training set for every method at one seed) or
+  ``length_balanced_pairs`` (the critic's pairs, matched within the reference's 17
+  response-length bins); problems with both correct and incorrect solutions and difficulty 1–25,
+  at most ``max_pairs_per_problem`` pairs each. Today's samplers stay selectable
+  (``--config.data.sampler=correct_only``, …: they read ``data.sampler_args``)."""
+  return dict(sampler=sampler, reference_sampler_args=reference_sampler_args(
+      n_samples, max_pairs_per_problem))
 
 
 def policy_base(pipeline: str, size: str, options: set[str], *, steps: int,

@@ -5,7 +5,8 @@ embedded synthetic verifiable task of ``config.data.synthetic``, cached under th
 ``config.data.cache_dir`` (default ``$XDG_CACHE_HOME/wmtp_jax``) in a directory of its own per
 parameters (``synthetic.cached_path``), built once by process 0 while the other processes wait.
 The sampler is ``config.data.sampler`` (a ``samplers.METHODS`` name, or ``"all"`` for every
-record) with ``config.data.sampler_args``; empty picks the objective's default: correct
+record) with ``config.data.sampler_args`` (the reference's samplers: ``reference_sampler_args``,
+``samplers.method_args``); empty picks the objective's default: correct
 solutions, every record (``samples="all"``) or correct/incorrect pairs (the critic).
 """
 
@@ -100,8 +101,8 @@ def build(config, objective, workdir: pathlib.Path) -> RunData:
                 bucket_lengths=tuple(d.bucket_lengths) or None)
 
   train_store = records.RecordStore(_split_path(directory, d.train_split))
-  train_indices = sample_indices(train_store, method, dict(d.sampler_args), seed=d.seed,
-                                 tokenizer=tok)
+  args = samplers.method_args(method, d.sampler_args, d.reference_sampler_args)
+  train_indices = sample_indices(train_store, method, args, seed=d.seed, tokenizer=tok)
   train = pipeline.make_dataset(train_store, train_indices, seed=d.seed, num_epochs=None,
                                 num_workers=d.workers, **common)
 
@@ -109,8 +110,8 @@ def build(config, objective, workdir: pathlib.Path) -> RunData:
     if not d.val_batches:
       return iter(())
     store = records.RecordStore(_split_path(directory, d.valid_split))
-    indices = sample_indices(store, method, samplers.validation_args(method, d.sampler_args),
-                             seed=d.seed, tokenizer=tok)
+    indices = sample_indices(store, method, samplers.validation_args(method, args), seed=d.seed,
+                             tokenizer=tok)
     ds = pipeline.make_dataset(store, indices, seed=d.seed, num_epochs=None, shuffle=False,
                                **common)
     it = iter(ds)

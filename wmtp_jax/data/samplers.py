@@ -221,6 +221,22 @@ def pairs(problem_index_map: ProblemIndexMap, *, seed: int, max_pairs_per_proble
   return out[rng.permutation(len(out))]
 
 
+def method_args(method: str, sampler_args: Mapping[str, Any],
+                reference_sampler_args: Mapping[str, Any]) -> dict:
+  """The keyword arguments of ``method`` from a run config's ``data.sampler_args`` (today's
+  samplers) or ``data.reference_sampler_args`` (the ``REFERENCE_METHODS``: ``n_samples`` and
+  ``max_pairs_per_problem`` 0 mean none; ``length_bins`` only for ``length_balanced_pairs``)."""
+  if method not in REFERENCE_METHODS:
+    return dict(sampler_args)
+  r = reference_sampler_args
+  args = dict(n_samples=r["n_samples"] or None,
+              max_pairs_per_problem=r["max_pairs_per_problem"] or None,
+              difficulty_bins=tuple(tuple(b) for b in r["difficulty_bins"]))
+  if method == "length_balanced_pairs":
+    args["length_bins"] = tuple(r["length_bins"])
+  return args
+
+
 def validation_args(method: str, args: Mapping[str, Any]) -> dict:
   """The sampler arguments for the validation split: the reference samplers take all their
   pairs there (``n_samples`` is the training set's size; the validation reads its batches from
