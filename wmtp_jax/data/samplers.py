@@ -188,8 +188,8 @@ def pairs(problem_index_map: ProblemIndexMap, *, seed: int, max_pairs_per_proble
   ``length_bins`` (increasing edges, e.g. ``[0, 100, 150, 200, 300, 500, 1000, 2000]``) a correct
   and an incorrect solution are combined only when their token lengths (the index's: prompt +
   response; ``length_balanced_pairs`` bins response lengths) fall in the same bin
-  ``[e_i, e_{i+1})`` (lengths ≥ the last edge form one more bin), which removes length as a cue. ``n_samples`` then draws that many of the
-  pairs (none repeated; an error if fewer exist).
+  ``[e_i, e_{i+1})`` (lengths ≥ the last edge form one more bin), which removes length as a cue.
+  ``n_samples`` then draws that many of the pairs (none repeated; an error if fewer exist).
   """
   edges = np.asarray([0] if length_bins is None else length_bins)
   rng = np.random.default_rng(seed)
