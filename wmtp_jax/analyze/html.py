@@ -8,6 +8,7 @@ truncation cut is the last ``<span class="tail">``, greyed, not a token). Token 
 ``crit`` (a critical-span token, underlined), ``mut`` (a mutated-span token, boxed), ``drop``
 (the critic's largest value drop, i.e. most negative TD error, of the sample), ``eos``, ``nl``
 (a token holding a line break, drawn with a ↵ before it), ``empty`` (no characters of its own).
+The marks drawn before a token (▼ of ``drop``, ↵, ·) are CSS, not text.
 """
 
 import html
@@ -50,12 +51,14 @@ pre.input { font-size: 12px; color: #555; margin-bottom: 8px; }
 .t { border-radius: 2px; }
 .t.crit { border-bottom: 3px solid #111; }
 .t.mut { outline: 2px solid #a000ff; outline-offset: -1px; }
-.t.drop::after { content: "\\25BC"; color: #a000ff; font-size: 9px; vertical-align: super; }
+.t.drop::before { content: "\\25BC"; color: #a000ff; font-size: 11px; vertical-align: super;
+                  text-shadow: 0 0 2px #fff, 0 0 2px #fff; }
 .t.eos { font-size: 10px; padding: 0 2px; }
 .t.empty::before { content: "\\00B7"; color: #888; }
 .tail { color: #999; background: repeating-linear-gradient(135deg, #fff 0 6px, #eee 6px 12px); }
 .tail::before { content: "[not scored: past the run's max_len] "; font-style: italic; }
 .t.nl::before { content: "\\21B5"; color: #999; font-size: 11px; }
+.t.nl.drop::before { content: "\\25BC\\21B5"; color: #a000ff; }
 """
 
 
