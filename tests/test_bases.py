@@ -114,6 +114,18 @@ def test_base_config_follows_the_job(small_dataset, cache_root):
   assert bases.entry(base) != bases.entry(bases.base_config(_job(small_dataset, cache_root)))
 
 
+def test_the_base_key_ignores_what_leaves_the_weights_alone(small_dataset, cache_root):
+  base = bases.base_config(_job(small_dataset, cache_root))
+  path = bases.entry(base)
+  base.train.log_every = 7
+  base.evaluate.max_problems = 3
+  base.checkpoint.every_steps = 5
+  base.data.update(workers=2, dir="/elsewhere")
+  assert bases.entry(base) == path
+  base.train.steps += 1
+  assert bases.entry(base) != path
+
+
 def test_bad_base_requests_are_errors(small_dataset, cache_root, tmp_path):
   job = _job(small_dataset, cache_root)
   job.init.base = "llama"  # a LLaMA base for an MTP model

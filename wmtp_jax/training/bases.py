@@ -6,11 +6,12 @@ from the base of that kind (``resolve``): ``configs/pretrain.py:<kind>`` with th
 (less the fields that only a run uses: ``RUN_ONLY_FIELDS``), its ``seed`` and its synthetic
 dataset (``data.synthetic``, ``data.cache_dir``; the base reads that dataset's tokenizer). The
 base lives in the cache beside the dataset (``wmtp_jax.data.cache``) as
-``<cache root>/base-<kind>-s<seed>-<hash8>/``, the hash covering ``BASE_VERSION`` and the whole
-pretrain config but its paths: a converted-checkpoint directory (``model_config.json``,
-``params/``, ``tokenizer/``, ``checkpoints.pretrained``) plus the pre-training's
-``metrics.jsonl`` and the cache's ``cache.json``. So the base enters fine-tuning exactly as a
-converted Meta / HF checkpoint does in the 7b runs, and ``init.checkpoint`` names it.
+``<cache root>/base-<kind>-s<seed>-<hash8>/``, the hash covering ``BASE_VERSION`` and the pretrain
+config but its paths, logging, checkpointing and evaluation settings: a converted-checkpoint
+directory (``model_config.json``, ``params/``, ``tokenizer/``, ``checkpoints.pretrained``) plus
+the pre-training's ``metrics.jsonl`` and the cache's ``cache.json``. So the base enters
+fine-tuning exactly as a converted Meta / HF checkpoint does in the 7b runs, and
+``init.checkpoint`` names it.
 
 Building. Under the cache's lock, the pretrain run trains in ``<cache root>/.<entry>.run/`` (a
 run directory like any other: a killed build resumes there, from its last checkpoint), then its
@@ -50,7 +51,10 @@ KINDS = ("mtp", "llama")
 RUN_ONLY_FIELDS = ("value_head", "value_head_dropout", "value_head_bias_init", "train_heads")
 METRICS_FILE = "metrics.jsonl"
 CORPUS_BARRIER = "wmtp_jax.training.bases.corpus_dir"
-_PATH_KEYS = (("data", "dir"), ("data", "cache_dir"))  # not part of a base's identity
+# Not part of a base's identity: paths, and what does not change the trained weights (so that a
+# new logging or evaluation key in the shared config sections does not rebuild every base).
+_IGNORED_KEYS = (("data", "dir"), ("data", "cache_dir"), ("data", "workers"),
+                 ("train", "log_every"), ("checkpoint",), ("evaluate",))
 
 TrainFn = Callable[[object, pathlib.Path], object]  # (pretrain config, run dir) → trains it
 
@@ -98,10 +102,13 @@ def use_corpus(config) -> None:
 
 def cache_params(config) -> dict:
   """What identifies the base of pretrain ``config``: ``BASE_VERSION`` and the config less its
-  paths."""
+  paths, logging, checkpointing and evaluation settings (``_IGNORED_KEYS``)."""
   values = config.to_dict()
-  for section, key in _PATH_KEYS:
-    values[section].pop(key)
+  for *path, key in _IGNORED_KEYS:
+    section = values
+    for name in path:
+      section = section[name]
+    section.pop(key)
   return {"base_version": BASE_VERSION, "config": values}
 
 
