@@ -69,7 +69,7 @@ def _shown(source, n=2):
 def _model(path):
   cfg, params = pretrained.load_pretrained(path)
   module = pretrained.KINDS[pretrained.stored_kind(path)][1](cfg)
-  return jax.jit(lambda tokens: module.apply({"params": params}, tokens))
+  return lambda tokens: module.apply({"params": params}, tokens)   # op by op: no compile per length
 
 
 def _apply(path, tokens):
