@@ -66,9 +66,10 @@ def summary(rows: Sequence, scale: Scale, path: pathlib.Path, *, kind: str, titl
     bounds = [min(x.min(), y.min()), max(x.max(), y.max())]
     right.plot(bounds, bounds, color="#888", linewidth=1)
     right.xaxis.set_major_locator(ticker.MaxNLocator(5))
-    right_ = (x > y) if higher else (x < y)
-    right.set_title(f"mean {score} per pair: ranked right (correct {'higher' if higher else 'lower'}"
-                    f") in {int(right_.sum())} of {len(pairs)}")
+    ranked = (x > y) if higher else (x < y)
+    side = "higher" if higher else "lower"
+    right.set_title(f"mean {score} per pair: ranked right (correct {side}) in "
+                    f"{int(ranked.sum())} of {len(pairs)}")
     corner = (0.98, 0.02, "right", "bottom") if higher else (0.02, 0.98, "left", "top")
     right.text(*corner[:2], "ranked right on this side of the diagonal", ha=corner[2],
                va=corner[3], transform=right.transAxes, color="#555", fontsize=8)
