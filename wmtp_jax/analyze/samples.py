@@ -4,9 +4,10 @@ encoded as the training template encodes them, with the characters of every resp
 A ``Sample``'s response tokens are the targets of its row: the tokens after the prompt, the closing
 EOS included where the run trains one (``data.train_eos``) and truncation did not cut it. Token
 ``i`` covers ``pieces[i]``, the characters of ``record["output"]`` the tokenizer's offsets give
-it; ``gaps[i]`` holds the characters before it that no token covers, so ``"".join(g + p for g, p in zip(gaps, pieces)) + tail`` is the output
-(``tail``: what truncation cut). A token whose offsets repeat characters already shown (byte
-pieces of one character) or that has none (the EOS) gets an empty piece.
+it; ``gaps[i]`` holds the characters before it that no token covers, so
+``"".join(g + p for g, p in zip(gaps, pieces)) + tail`` is the output (``tail``: what truncation
+cut). A token whose offsets repeat characters already shown (byte pieces of one character) or
+that has none (the EOS) gets an empty piece.
 """
 
 import dataclasses
