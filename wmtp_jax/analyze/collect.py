@@ -21,7 +21,8 @@ from wmtp_jax.models.mtp import MTPTransformer
 
 CRITIC_QUANTITIES = ("value", "td", "advantage", "weight")
 REFERENCE_QUANTITIES = ("loss", "excess", "weight")
-ROWS = 8  # rows per model call
+ROWS = 8  # rows per model call at most
+LOGITS_BYTES = 2**30  # fewer rows when their float32 logits [rows, S, n, V] would exceed this
 
 
 def available(source: Source) -> tuple[str, ...]:
@@ -41,13 +42,14 @@ def head_view(x_BxSxn: np.ndarray, head: int) -> np.ndarray:
   return out_BxS
 
 
-def _chunked(fn, params, batch: dict[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
-  """``fn(params, *batch[keys])`` over chunks of ``ROWS`` rows (the last padded with row 0, one
+def _chunked(fn, params, batch: dict[str, np.ndarray], keys: Sequence[str], *,
+             rows: int = ROWS) -> np.ndarray:
+  """``fn(params, *batch[keys])`` over chunks of ``rows`` rows (the last padded with row 0, one
   compiled shape), concatenated."""
   n_rows = len(batch["tokens"])
-  take = np.concatenate([np.arange(n_rows), np.zeros(-n_rows % ROWS, np.int64)])
-  parts = [np.asarray(fn(params, *(batch[k][take[i:i + ROWS]] for k in keys)))
-           for i in range(0, len(take), ROWS)]
+  take = np.concatenate([np.arange(n_rows), np.zeros(-n_rows % rows, np.int64)])
+  parts = [np.asarray(fn(params, *(batch[k][take[i:i + rows]] for k in keys)))
+           for i in range(0, len(take), rows)]
   return np.concatenate(parts)[:n_rows]
 
 
@@ -73,7 +75,9 @@ def _token_ce(path, batch) -> np.ndarray:
     targets_BxSxn, _ = losses.mtp_targets(labels, mask, n)
     return losses.token_ce(logits_BxSxnxV, targets_BxSxn)
 
-  return _chunked(jax.jit(fn), params, batch, ("tokens", "attention_mask", "labels"))
+  row_bytes = 4 * batch["tokens"].shape[1] * n * cfg.vocab_size
+  return _chunked(jax.jit(fn), params, batch, ("tokens", "attention_mask", "labels"),
+                  rows=max(1, min(ROWS, LOGITS_BYTES // row_bytes)))
 
 
 def _critic(source: Source, batch, mask_BxS, head: int) -> dict[str, np.ndarray]:
