@@ -1,8 +1,8 @@
 """Held-out diagnostics of a critic (value model), during and after its training (issue 13 §4).
 
 Every record of the first ``config.evaluate.max_problems`` problems (sorted ids; 0 = all) of the
-run's ``config.evaluate.split`` (the critic configs: ``valid``) is scored once by the critic (deterministic, LoRA merged); from
-the values ``V [N, S]`` of those ``N`` records:
+run's ``config.evaluate.split`` (the critic configs: ``valid``) is scored once by the critic
+(deterministic, LoRA merged); from the values ``V [N, S]`` of those ``N`` records:
 
 * ``heldout/pairwise_accuracy``: over ALL (correct, incorrect) pairs of the same problem (every
   combination, ``heldout/pairs`` of them), the share whose correct record has the larger mean
