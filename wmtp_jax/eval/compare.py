@@ -73,9 +73,9 @@ def base_vs_finetuned(config, run_dir: pathlib.Path) -> dict:
   report, rows, samples = {}, [], []
   for name, params, mode in (("base", base, e.base_prompt_mode),
                              ("finetuned", finetuned, "finetuned")):
-    settings = evaluate_pipeline.settings(e, max_new_tokens=max_new_tokens, seed=config.seed,
-                                 prompt_mode=mode, eos_trained=d.train_eos, benchmark=benchmark,
-                                 mesh=mesh, rules=rules)
+    settings = evaluate_pipeline.settings(
+        e, max_new_tokens=max_new_tokens, seed=config.seed, prompt_mode=mode,
+        eos_trained=d.train_eos, benchmark=benchmark, mesh=mesh, rules=rules)
     result = protocol.evaluate(objective.model, params, tokenizer, problems, settings)
     report[name] = {**result["summary"],
                     **runner.head_summary(objective.model, params, batches, mesh, rules)}
