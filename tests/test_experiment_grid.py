@@ -24,7 +24,7 @@ def _overrides(run) -> dict:
 
 def test_default_grid_has_every_arm_and_seed_and_one_prerequisite_per_seed(tmp_path):
   """6 arms × 3 seeds; the four verifiable arms of a seed share one critic, rho1 has its
-  reference: 6 prerequisites, listed first. Every arm gets the FLOPs of 120 verifiable steps."""
+  reference: 6 prerequisites, listed first. Every arm gets the FLOPs of 200 verifiable steps."""
   runs = _expand("default", tmp_path)
   arms = [r for r in runs if r.arm]
   prerequisites = [r for r in runs if not r.arm]
@@ -37,7 +37,7 @@ def test_default_grid_has_every_arm_and_seed_and_one_prerequisite_per_seed(tmp_p
       ["critic"] * 3 + ["reference"] * 3)
   for run in arms:
     o = _overrides(run)
-    assert o["seed"] == run.seed and o["budget.flops"] == 120 * FLOPS_PER_STEP
+    assert o["seed"] == run.seed and o["budget.flops"] == 200 * FLOPS_PER_STEP
     assert run.workdir(tmp_path) == tmp_path / run.arm / str(run.seed)
     for name in run.needs:
       section = "critic" if "critic" in name else "reference"
