@@ -2,9 +2,9 @@
 
     python -m wmtp_jax.main --config=configs/pretrain.py:mtp|llama [--config.a.b=v …]
 
-The tiny runs start from these bases (``config.init.base``): the policies from ``mtp`` (the tiny
-MTP preset, all heads trained), the critic, the reference and the ``:ntp`` policy from ``llama``
-(the tiny LLaMA). A job builds the base it needs once into the cache (``training.bases``), from
+Tiny runs can start from these bases (``config.init.base``, opt-in: README, "Tiny pretrained
+bases"): the policies from ``mtp`` (the tiny MTP preset, all heads trained), the critic, the
+reference and the ``:ntp`` policy from ``llama`` (the tiny LLaMA). A job builds the base it needs once into the cache (``training.bases``), from
 this config with the job's model, seed and synthetic dataset; this command trains one into its
 workdir like any run. The corpus (``data.synthetic.corpus``): documents of ``corpus.n_train`` (and
 ``corpus.n_valid`` held-out) problems disjoint from the dataset's train/valid/test problems, code
