@@ -47,6 +47,8 @@ def test_all_ones_weights_equal_baseline(small_dataset, tmp_path):
     new_state, metrics = step_fn(ctx, fr, cfg)(st, bs[0])
     assert float(metrics["step_loss"]) == float(base_metrics["step_loss"])
     assert float(metrics["grad_norm"]) == float(base_metrics["grad_norm"])
+    for key in ("error_rate_critical/head0", "error_rate_other/head1"):  # the same predictions
+      assert float(metrics[key]) == float(base_metrics[key]), key
 
 
 @pytest.mark.parametrize("pipeline", ["baseline", "verifiable"])

@@ -47,6 +47,9 @@ class Baseline(PolicyObjective):
   name = "baseline"
 
   def loss(self, params, apply, frozen, batch, norms, aux, rng):
-    ce_BxSxn, valid_BxSxn = self.policy_terms(params, apply, batch)
+    spans = "critical_mask" in batch  # synthetic data: the token error rates on the spans
+    ce_BxSxn, valid_BxSxn, *extra = self.policy_terms(params, apply, batch, predictions=spans)
     loss, metrics = base.weighted_ce(ce_BxSxn, valid_BxSxn, None, norms)
+    if spans:  # the uniform arm's critical vs other error rates, as the weighted arms log them
+      metrics.update(base.span_error_rates(extra[0], batch))
     return loss, (metrics, {})
