@@ -216,13 +216,13 @@ def test_cached_datasets_of_concurrent_jobs(tmp_path):
 
 
 def test_every_reader_of_the_default_dataset_agrees_on_its_path(tmp_path, monkeypatch):
-  """Training (``run_data``), evaluation (``eval.runner``) and the benchmark loader
+  """Training (``run_data``), evaluation (``eval.evaluate_pipeline``) and the benchmark loader
   (``eval.benchmarks``) locate the default dataset through ``cached_path``; training's
   ``config.data.cache_dir`` is the cache root."""
   from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
   from wmtp_jax.config import common as config_lib  # pylint: disable=import-outside-toplevel
   from wmtp_jax.data import run_data  # pylint: disable=import-outside-toplevel
-  from wmtp_jax.eval import benchmarks, runner  # pylint: disable=import-outside-toplevel
+  from wmtp_jax.eval import benchmarks, evaluate_pipeline  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
   built = []
   monkeypatch.setattr(synthetic, "cached_dataset",
@@ -231,7 +231,7 @@ def test_every_reader_of_the_default_dataset_agrees_on_its_path(tmp_path, monkey
   assert default.parent == tmp_path / "wmtp_jax"
   assert benchmarks._default_synthetic_dir() == default  # pylint: disable=protected-access
   config = SimpleNamespace(benchmark="synthetic", data="")
-  assert runner._dataset_dir(config) == default  # pylint: disable=protected-access
+  assert evaluate_pipeline._dataset_dir(config) == default  # pylint: disable=protected-access
   data = config_lib.load("baseline", "tiny").data
   assert data.synthetic.to_dict() == {**synthetic.DEFAULT_SIZES, "seed": 0, "vocab_size": 512}
   assert run_data.dataset_dir(data) == default and built == [None, ""]

@@ -65,6 +65,8 @@ def mtp_model(size: str, **overrides: Any) -> dict:
 def critic_model(size: str, **overrides: Any) -> dict:
   """The critic of the ``verifiable`` runs (``configs/critic.py``'s model): the tiny LLaMA or
   (``7b``) Sheared-LLaMA-2.7B in bf16, with its MLP value head, and ``overrides``."""
-  name, dtype = ("tiny", {}) if size == "tiny" else ("sheared_llama_2.7b", {"dtype": "bfloat16"})
+  tiny = size == "tiny"
+  name, dtype = ("tiny", {}) if tiny else ("sheared_llama_2.7b", {"dtype": "bfloat16"})
   return presets.llama(name, remat="none", scan_layers=False, value_head="mlp",
-                       value_head_dropout=0.1, value_head_bias_init=0.5, **{**dtype, **overrides})
+                       value_head_dropout=0.1 if tiny else 0.2,
+                       value_head_bias_init=0.5 if tiny else 0.0, **{**dtype, **overrides})
