@@ -47,12 +47,13 @@ def test_rerun_of_a_finished_job_reports_again_and_the_console_is_short(small_da
   assert first["status"] == "finished" and phase["status"] == "finished"
   assert (phase["step"], phase["total_steps"]) == (4, 4)
   assert phase["model"] == str(tmp_path / "baseline" / "model")
-  assert phase["best"]["metric"] == "val_loss" and phase["best"]["step"] in (2, 4)
+  # policies keep the best unweighted validation CE (the weighted one differs between methods)
+  assert phase["best"]["metric"] == "val_unweighted" and phase["best"]["step"] in (2, 4)
   assert set(phase["metrics"]) >= {"step_loss", "val_loss", "loss", "lr/default"}
   assert console[-1].endswith("INFO finished")
   assert f"report {tmp_path / 'report.json'}; full log {tmp_path / 'log.txt'}" in console[-2]
   assert "baseline: finished at step 4/4; final loss=" in console[-3]
-  assert "; best val_loss=" in console[-3] and f"; model {tmp_path}" in console[-3]
+  assert "; best val_unweighted=" in console[-3] and f"; model {tmp_path}" in console[-3]
   assert any("[baseline] step 4/4" in l for l in console)
   assert not any("absl" in l or "orbax" in l.lower() for l in console), console
   log_txt = (tmp_path / "log.txt").read_text()

@@ -30,6 +30,9 @@ def test_no_gradient_from_future_tokens(model_name):
     table_path = ("model", "embed_tokens", "embedding")
   tokens = jnp.arange(seq)[None, :]
   flat = flax.traverse_util.flatten_dict(nn.meta.unbox(model.init(jax.random.key(0), tokens)))
+  for path, leaf in flat.items():  # the value head starts at zero (as the reference's): perturb it
+    if "value_head" in path:
+      flat[path] = jax.random.normal(jax.random.key(1), leaf.shape, leaf.dtype)
 
   def out_per_position(table_VxD):
     variables = flax.traverse_util.unflatten_dict({**flat, ("params", *table_path): table_VxD})

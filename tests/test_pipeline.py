@@ -267,4 +267,4 @@ def test_tokenizer_without_pad_token_pads_with_eos(env):
     np.testing.assert_array_equal(without[key], with_pad[key], err_msg=key)
   tok.eos_token = None
   with pytest.raises(ValueError, match="neither a pad nor an eos token"):
-    pipeline.pad_id(tok)
+    template.pad_id(tok)

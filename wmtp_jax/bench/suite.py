@@ -56,7 +56,7 @@ SIZES = {
     "full": dict(
         budget_s=450, peak=dict(matmul_n=16384, repeats=10),
         attention=dict(batch=4, seq=2048, n_heads=32, n_kv_heads=32, head_dim=128, repeats=10),
-        lora_7b=dict(policy={}, seq=2048, max_batch=64, repeats=3),
+        lora_7b=dict(policy={}, seq=2048, max_batch=64, repeats=3, rank=None),
         full_1b=dict(policy=POLICY_1B, critic=CRITIC_1B, seq=2048, batch=4, repeats=5),
         decode=dict(shapes={"7b": {}, "1b": POLICY_1B}, batch_sizes=(1, 8), draft_heads=(1, 2, 3),
                     cache_len=256, passes=32, repeats=5),
@@ -69,7 +69,8 @@ SIZES = {
     "smoke": dict(
         budget_s=200, peak=dict(matmul_n=128, repeats=2),
         attention=dict(batch=1, seq=32, n_heads=4, n_kv_heads=2, head_dim=16, repeats=1),
-        lora_7b=dict(policy=SMOKE_POLICY, seq=32, max_batch=2, repeats=1),
+        # rank 8: the 7b rank 64 on all seven layers would outgrow the dim-64 smoke model
+        lora_7b=dict(policy=SMOKE_POLICY, seq=32, max_batch=2, repeats=1, rank=8),
         full_1b=dict(policy=SMOKE_POLICY, critic=SMOKE_CRITIC, seq=32, batch=2, repeats=1),
         decode=dict(shapes={"7b": SMOKE_DECODER}, batch_sizes=(1,),
                     draft_heads=(1, 3), cache_len=48, passes=2, repeats=1),
@@ -145,12 +146,14 @@ def _measures(size: dict, args, report: dict) -> dict:
   critic = dict(model=_configs.critic_model("7b", **full["critic"]), checkpoint="")
   train = lambda config, **kw: lambda b, o: _suite_train.measure(
       b, o, config=config, peak=_peak_for_mfu(report), **kw)
+  lora_config = _configs.run_config("baseline", "7b", _configs.mtp_model("7b", **lora["policy"]))
+  if lora["rank"] is not None:
+    lora_config["lora"]["settings"]["rank"] = lora["rank"]
   return {
       "peak": lambda b, o: _suite_device.peak(b, o, override=args.peak_flops, **size["peak"]),
       "attention": lambda b, o: _suite_device.attention(b, o, **size["attention"]),
       "train_lora_7b": train(
-          _configs.run_config("baseline", "7b", _configs.mtp_model("7b", **lora["policy"])),
-          seq=lora["seq"], rows=lora["max_batch"], repeats=lora["repeats"],
+          lora_config, seq=lora["seq"], rows=lora["max_batch"], repeats=lora["repeats"],
           capacity=_suite_device.memory_capacity(args.memory_gib)),
       "decode_passes": lambda b, o: _suite_decode.pass_costs(b, o, **size["decode"]),
       "train_baseline_1b": train(_configs.run_config("baseline", "7b", policy_1b, **full_ft),

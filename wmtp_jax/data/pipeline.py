@@ -90,19 +90,6 @@ class _SkipDropped(grain.IterDataset):
     return _SkipDroppedIterator(self._parent.__iter__())
 
 
-def pad_id(tokenizer) -> int:
-  """The id that pads rows: the tokenizer's ``pad_token_id``, or, for a tokenizer without a pad
-  token (LLaMA-3's), its ``eos_token_id`` (pad = eos, as the reference does). Padding is masked
-  out (``attention_mask`` 0, labels ``IGNORE_INDEX``), so the id only has to be a valid token."""
-  pad = getattr(tokenizer, "pad_token_id", None)
-  if pad is None:
-    pad = getattr(tokenizer, "eos_token_id", None)
-  if pad is None:
-    raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer)!r} "
-                     f"has neither a pad nor an eos token: rows cannot be padded")
-  return int(pad)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Collate:
   """Batch function: ``[(examples, n_skipped_before)] * B`` → numpy batch dict."""
@@ -135,7 +122,7 @@ def make_dataset(store, indices: np.ndarray, tokenizer, *, batch_size: int, max_
     store: ``wmtp_jax.data.records.RecordStore`` (random access ``store[i] -> record``).
     indices: ``[N]`` line indices or ``[N, 2]`` (correct, incorrect) pairs, identical on every
       process (a ``samplers`` output).
-    tokenizer: see ``template``; ``pad_id(tokenizer)`` pads.
+    tokenizer: see ``template``; ``template.pad_id(tokenizer)`` pads.
     batch_size: rows per batch of this process (the global batch is ``process_count`` times it).
     max_len: longest row; ``truncation`` is the ``template.encode`` policy beyond it.
     add_bos, add_eos: ``template.encode``'s (``add_eos``: ``config.data.train_eos``).
@@ -167,7 +154,7 @@ def make_dataset(store, indices: np.ndarray, tokenizer, *, batch_size: int, max_
   read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * read_threads)
   it_ds = _SkipDropped(ds.to_iter_dataset(read_options, allow_nones=True))
   it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder,
-                      batch_fn=_Collate(pad_id(tokenizer), pad_to, bucket_lengths))
+                      batch_fn=_Collate(template.pad_id(tokenizer), pad_to, bucket_lengths))
   if num_workers:
     # Grain ≤ 0.2.18 reads an absl flag in mp_prefetch and fails unless flags were parsed
     # (google/grain#1355); programs without absl.app get the flag defaults.

@@ -242,3 +242,16 @@ def collate_pairs(pos: Sequence[Example], neg: Sequence[Example], *, pad_id: int
   return {f"{prefix}_{key}": value
           for prefix, side in (("pos", pos), ("neg", neg))
           for key, value in collate(side, pad_id=pad_id, pad_to=seq_len).items()}
+
+
+def pad_id(tokenizer) -> int:
+  """The id that pads rows: the tokenizer's ``pad_token_id``, or, for a tokenizer without a pad
+  token (LLaMA-3's), its ``eos_token_id`` (pad = eos, as the reference does). Padding is masked
+  out (``attention_mask`` 0, labels ``IGNORE_INDEX``), so the id only has to be a valid token."""
+  pad = getattr(tokenizer, "pad_token_id", None)
+  if pad is None:
+    pad = getattr(tokenizer, "eos_token_id", None)
+  if pad is None:
+    raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer)!r} "
+                     f"has neither a pad nor an eos token: rows cannot be padded")
+  return int(pad)

@@ -23,7 +23,7 @@ import numpy as np
 from wmtp_jax import IGNORE_INDEX
 from wmtp_jax.decoding import generator as gen
 from wmtp_jax.decoding.sampling import Sampling
-from wmtp_jax.data import jsonl, pipeline, template
+from wmtp_jax.data import jsonl, template
 from wmtp_jax.eval import benchmarks, passk, prompts
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def evaluate_problems(model, params, tokenizer, problems: list[dict], *,
   generation = generator.generate(
       params, [prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
       eos_id=tokenizer.eos_token_id, sampling=Sampling(temperature, top_p),
-      batch_size=batch_size, seed=seed, pad_id=pipeline.pad_id(tokenizer), stop=fmt.stop,
+      batch_size=batch_size, seed=seed, pad_id=template.pad_id(tokenizer), stop=fmt.stop,
       decode_fn=decode_ids)
   completions = []
   for i, ids in zip(rows, generation.tokens):
@@ -213,7 +213,8 @@ def validation_batches(path: pathlib.Path, tokenizer, *, n_batches: int, batch_s
         examples.append(example)
     if len(examples) == n_batches * batch_size:
       break
-  return [template.collate(examples[i:i + batch_size], pad_id=pipeline.pad_id(tokenizer), pad_to=max_len)
+  pad_id = template.pad_id(tokenizer)
+  return [template.collate(examples[i:i + batch_size], pad_id=pad_id, pad_to=max_len)
           for i in range(0, len(examples), batch_size)]
 
 
