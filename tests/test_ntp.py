@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from train_helpers import build_run, step_fn
+from train_helpers import overfit_losses
 from wmtp_jax import IGNORE_INDEX, objectives
 from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.eval import interval
@@ -124,15 +124,8 @@ def test_tiny_ntp_run_overfits_a_batch(pipeline, tied, small_dataset, tmp_path):
   """The train step of every ``ntp`` policy pipeline (critic / reference freshly initialised)
   drives the loss of one fixed batch down, tied embeddings included."""
   config = _config(pipeline, small_dataset, tied=tied)
-  config.optim.warmup_steps = 0
-  config.optim.lr = 1e-2
-  state, frozen, context, batches = build_run(config, tmp_path, steps=30)
+  context, losses = overfit_losses(config, tmp_path)
   assert isinstance(context.objective.model, LlamaForCausalLM)
-  step = step_fn(context, frozen, config)
-  losses = []
-  for _ in range(20):
-    state, metrics = step(state, batches[0])
-    losses.append(float(metrics["step_loss"]))
   assert np.all(np.isfinite(losses)), losses
   assert losses[-1] < 0.5 * losses[0], losses
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from train_helpers import build_run, step_fn, with_prerequisites
+from train_helpers import build_run, overfit_losses, step_fn, with_prerequisites
 from wmtp_jax import objectives
 from wmtp_jax.training import lora, state as state_lib, step as step_lib
 
@@ -20,14 +20,7 @@ from wmtp_jax.training import lora, state as state_lib, step as step_lib
 @pytest.mark.parametrize("pipeline", ["baseline", "critic", "verifiable", "rho1", "ref_tuning"])
 def test_each_pipeline_overfits_a_fixed_batch(pipeline, small_dataset, tmp_path):
   config = tiny_config(pipeline, small_dataset)  # critic / reference freshly initialised
-  config.optim.warmup_steps = 0
-  config.optim.lr = 1e-2  # allowed to overfit
-  state, frozen, context, batches = build_run(config, tmp_path, steps=30)
-  step = step_fn(context, frozen, config)
-  losses = []
-  for _ in range(20):
-    state, metrics = step(state, batches[0])
-    losses.append(float(metrics["step_loss"]))
+  _, losses = overfit_losses(config, tmp_path)
   assert np.all(np.isfinite(losses)), losses
   assert losses[-1] < 0.8 * losses[0], losses
 

@@ -1,5 +1,5 @@
-"""Helpers of the training tests: a run's state and first batches, a jitted step, trained
-prerequisites, the losses a run logged."""
+"""Helpers of the training tests: a run's state and first batches, a jitted step, the losses of
+overfitting one batch, trained prerequisites, the losses a run logged."""
 
 import functools
 import json
@@ -31,6 +31,20 @@ def step_fn(context, frozen, config):
   """``step(state, batch)``: the jitted train step, ``frozen`` passed as its argument."""
   step = jax.jit(functools.partial(step_lib.train_step, context, config.train.grad_accum))
   return lambda state, batch: step(state, frozen, batch)
+
+
+def overfit_losses(config, tmp_path, *, steps=20):
+  """``step_loss`` of ``steps`` train steps on the run's first batch, from no warm-up at lr 1e-2
+  (allowed to overfit)."""
+  config.optim.warmup_steps = 0
+  config.optim.lr = 1e-2
+  state, frozen, context, batches = build_run(config, tmp_path, steps=30)
+  step = step_fn(context, frozen, config)
+  losses = []
+  for _ in range(steps):
+    state, metrics = step(state, batches[0])
+    losses.append(float(metrics["step_loss"]))
+  return context, losses
 
 
 def with_prerequisites(config, tmp_path):

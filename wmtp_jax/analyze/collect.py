@@ -18,6 +18,7 @@ from wmtp_jax.checkpoints import pretrained
 from wmtp_jax.data import template
 from wmtp_jax.models.llama import LlamaForCausalLM, ValueModel
 from wmtp_jax.models.mtp import MTPTransformer
+from wmtp_jax.objectives import rho1
 
 CRITIC_QUANTITIES = ("value", "td", "advantage", "weight")
 REFERENCE_QUANTITIES = ("loss", "excess", "weight")
@@ -106,15 +107,7 @@ def _reference(source: Source, batch, mask_BxS, head: int) -> dict[str, np.ndarr
   policy_ce_BxSxn = _token_ce(source.policy, batch)
   n = policy_ce_BxSxn.shape[-1]
   ref_window_BxSxn = np.asarray(arrays.future_window(ref_ce_BxS, n, 0.0, offset=0))
-  r = source.settings
-  if r.variant == "topk":
-    weights_BxSxn = weighting.rho1_weights(policy_ce_BxSxn, ref_ce_BxS, mask_BxS,
-                                           k_percent=r.k_percent, mode=r.mode,
-                                           head0_always=r.head0_always)
-  else:
-    weights_BxSxn = weighting.rho1_continuous_weights(
-        policy_ce_BxSxn, ref_ce_BxS, mask_BxS, percentile=r.percentile, alpha=r.alpha,
-        normalize=r.normalize)
+  weights_BxSxn = rho1.method_weights(source.settings, policy_ce_BxSxn, ref_ce_BxS, mask_BxS)
   _, valid_BxSxn = losses.mtp_targets(batch["labels"], batch["attention_mask"], n)
   excess_BxS = np.where(head_view(valid_BxSxn, head),
                         head_view(policy_ce_BxSxn - ref_window_BxSxn, head), 0.0)

@@ -23,6 +23,18 @@ HIST_UPPER = {"topk": 1.0, "continuous": 3.0}  # weights in {0, 1}; normalize_we
 # the upper end of the weight range (controls, clipped shares, histogram), whose lower end is 0
 
 
+def method_weights(r, policy_ce_BxSxn, ref_ce_BxS, mask_BxS):
+  """``[B, S, n]`` Rho-1 weights of the variant ``r = config.rho1`` names: top-k
+  (``weighting.rho1_weights``) or continuous (``weighting.rho1_continuous_weights``), before any
+  control."""
+  if r.variant == "topk":
+    return weighting.rho1_weights(policy_ce_BxSxn, ref_ce_BxS, mask_BxS, k_percent=r.k_percent,
+                                  mode=r.mode, head0_always=r.head0_always)
+  return weighting.rho1_continuous_weights(policy_ce_BxSxn, ref_ce_BxS, mask_BxS,
+                                           percentile=r.percentile, alpha=r.alpha,
+                                           normalize=r.normalize)
+
+
 class Rho1(PolicyObjective):
   name = "rho1"
 
@@ -54,14 +66,7 @@ class Rho1(PolicyObjective):
                                                              predictions=spans)
     policy_ce_BxSxn = jax.lax.stop_gradient(ce_BxSxn)
     mask_BxS = base.response_mask(batch)
-    if r.variant == "topk":
-      weights_BxSxn = weighting.rho1_weights(policy_ce_BxSxn, ref_ce_BxS, mask_BxS,
-                                             k_percent=r.k_percent, mode=r.mode,
-                                             head0_always=r.head0_always)
-    else:
-      weights_BxSxn = weighting.rho1_continuous_weights(
-          policy_ce_BxSxn, ref_ce_BxS, mask_BxS, percentile=r.percentile, alpha=r.alpha,
-          normalize=r.normalize)
+    weights_BxSxn = method_weights(r, policy_ce_BxSxn, ref_ce_BxS, mask_BxS)
     metrics = {"selection_ratio": weighting.selection_ratio_per_head(weights_BxSxn, valid_BxSxn)}
     high = HIST_UPPER[r.variant]
     weights_BxSxn, sums = base.controlled_weights(self.config.weighting, weights_BxSxn, mask_BxS,

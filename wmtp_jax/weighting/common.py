@@ -1,10 +1,11 @@
-"""Helpers shared by the weighting modules: float32 casts, boolean masks, masked moments and the
-``[B, S]`` argument check."""
+"""Helpers shared by the weighting modules: float32 casts, boolean masks, masked moments, the
+``[B, S]`` argument check and a token region as per-term mask."""
 
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax.arrays import check_rank, check_same_shape
+from wmtp_jax import arrays
+from wmtp_jax.arrays import check_dim, check_rank, check_same_shape
 
 WHITEN_EPS = 1e-8  # added to σ when whitening (DESIGN §3)
 
@@ -35,3 +36,17 @@ def check_bxs_with_mask(name: str, x, mask) -> None:
   """``x`` must be ``[B, S]`` and ``mask`` of the same shape."""
   check_rank(name, x, (2,))
   check_same_shape("mask", mask, name, x)
+
+
+def region_terms(name: str, region_mask, like_name: str, like) -> jax.Array:
+  """Boolean ``region_mask [B, S]`` (target-aligned: the token at t+1 is the target of position t)
+  on the terms of ``like``: itself for ``[B, S]``, and for ``[B, S, n]`` the head-k term of
+  position t in the region when its target x_{t+1+k} is (``arrays.future_window``). The shapes
+  are checked, naming ``name`` and ``like_name``."""
+  check_rank(name, region_mask, (2,))
+  check_dim(name, region_mask, 0, like_name, like, 0)
+  check_dim(name, region_mask, 1, like_name, like, 1)
+  region = bool_mask(region_mask)
+  if like.ndim == 3:
+    region = arrays.future_window(region, like.shape[2], False)
+  return region

@@ -28,9 +28,8 @@ All are pure and ``jax.jit``-compiled; float outputs are float32; the random one
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax import arrays
 from wmtp_jax.arrays import check_dim, check_rank, check_same_shape
-from wmtp_jax.weighting.common import bool_mask, f32
+from wmtp_jax.weighting.common import bool_mask, f32, region_terms
 from wmtp_jax.weighting.heads import future_valid
 
 CONTROLS = ("none", "shuffled", "random_matched", "oracle")
@@ -125,12 +124,7 @@ def oracle_weights(critical_mask, valid, *, mean, low, high):
     float32, the shape of ``valid``.
   """
   check_rank("valid", valid, (2, 3))
-  check_rank("critical_mask", critical_mask, (2,))
-  check_dim("critical_mask", critical_mask, 0, "valid", valid, 0)
-  check_dim("critical_mask", critical_mask, 1, "valid", valid, 1)
-  critical = bool_mask(critical_mask)
-  if valid.ndim == 3:
-    critical = arrays.future_window(critical, valid.shape[2], False)
+  critical = region_terms("critical_mask", critical_mask, "valid", valid)
   valid = bool_mask(valid)
   raw = jnp.where(valid, jnp.where(critical, f32(high), f32(low)), 0.0)
   count = jnp.sum(valid, dtype=jnp.float32)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from wmtp_jax import arrays
 from wmtp_jax.arrays import check_dim, check_rank, check_same_shape
 from wmtp_jax.losses.mtp_ce import mtp_targets
-from wmtp_jax.weighting.common import bool_mask, check_bxs_with_mask, f32
+from wmtp_jax.weighting.common import bool_mask, check_bxs_with_mask, f32, region_terms
 from wmtp_jax.weighting.stats import weight_stats
 
 CLIP_RTOL = 1e-6  # relative tolerance of "at a clip bound": ~8 float32 ulps
@@ -200,12 +200,7 @@ def weight_lift(weights, valid, region_mask) -> dict[str, jax.Array]:
   """
   check_rank("weights", weights, (2, 3))
   check_same_shape("valid", valid, "weights", weights)
-  check_rank("region_mask", region_mask, (2,))
-  check_dim("region_mask", region_mask, 0, "weights", weights, 0)
-  check_dim("region_mask", region_mask, 1, "weights", weights, 1)
-  region = bool_mask(region_mask)
-  if weights.ndim == 3:
-    region = arrays.future_window(region, weights.shape[2], False)
+  region = region_terms("region_mask", region_mask, "weights", weights)
   valid = bool_mask(valid)
   in_region = valid & region
   weights = f32(weights)
