@@ -49,7 +49,8 @@ def test_sequence_value_stats_match_loop():
 
 def test_lambda_term_is_the_mean_of_both_sides():
   config = config_lib.load("critic", "tiny")
-  config.critic_loss.update(pairwise_coef=0.0, lambda_coef=1.0, mc_coef=0.0)
+  config.critic_loss.update(pairwise_coef=0.0, lambda_coef=1.0, mc_coef=0.0, lm_coef=0.0)
+  config.model.value_inputs = "hidden"
   objective = critic.Critic(config)
   rng = np.random.default_rng(1)
   b, s = 3, 8

@@ -21,14 +21,17 @@ def _kernel_sizes(module) -> dict[tuple[str, ...], int]:
   return {path: x.size for path, x in flat.items() if path[-1] == "kernel"}
 
 
-def test_train_flops_per_token_is_a_count_of_the_matmul_weights(small_dataset):
+@pytest.mark.parametrize("value_inputs", ["hidden", "hidden_logprob"])
+def test_train_flops_per_token_is_a_count_of_the_matmul_weights(small_dataset, value_inputs):
   """By hand, from the params of the tiny verifiable models (S = 160): the MTP policy's forward
   is 2 FLOPs per weight of its blocks, 2 per weight of the unembedding for each of its n heads,
   and 4 · S · D per block for ``QKᵀ`` and ``AV``; the frozen LLaMA critic's the same for its
-  layers (no lm_head, value head not counted); a train step is 3 policy forwards + 1 critic
-  forward."""
+  layers, plus its lm_head where it reads its own language model (``hidden_logprob``; the value
+  head is not counted); a train step is 3 policy forwards + 1 critic forward."""
   seq_len = 160
-  objective = objectives.build(tiny_config("verifiable", small_dataset))
+  config = tiny_config("verifiable", small_dataset)
+  config.critic.model.value_inputs = value_inputs
+  objective = objectives.build(config)
   policy, critic = objective.model, objective.frozen_models["critic"]
   kernels = _kernel_sizes(policy)
   blocks = {path[0] for path in kernels if path[0].startswith(("trunk_", "head_"))}
@@ -38,10 +41,10 @@ def test_train_flops_per_token_is_a_count_of_the_matmul_weights(small_dataset):
                 + 2 * n * kernels[("output", "kernel")] + 4 * len(blocks) * seq_len * dim)
   kernels = _kernel_sizes(critic)
   layers = {path[1] for path in kernels if path[0] == "model"}
-  critic_fwd = (2 * sum(v for p, v in kernels.items() if p[0] == "model")
+  assert (("lm_head", "kernel") in kernels) == (value_inputs == "hidden_logprob")
+  critic_fwd = (2 * sum(v for p, v in kernels.items() if p[0] in ("model", "lm_head"))
                 + 4 * len(layers) * seq_len * critic.cfg.hidden_size)
   assert flops.forward_flops_per_token(policy.cfg, seq_len, lm_head=False) == policy_fwd
-  assert flops.forward_flops_per_token(critic.cfg, seq_len, lm_head=False) == critic_fwd
   assert flops.train_flops_per_token(objective, seq_len) == 3 * policy_fwd + critic_fwd
 
 
@@ -83,22 +86,23 @@ def test_peak_is_measured_in_the_model_dtype(pipeline, dtype, small_dataset, tmp
 # head blocks of dim 64, 4 query / 2 KV heads of width 16, SwiGLU hidden 176, vocabulary 512:
 # a block's matmul weights 64·16·(2·4 + 2·2) + 3·64·176 = 46080; forward 2·(3·46080 + 2·64·512)
 # + 4·3·160·64 = 530432. Critic LLaMA: 2 layers, hidden 96: 64·16·12 + 3·64·96 = 30720 per layer;
-# forward 2·2·30720 + 4·2·160·64 = 204800 (no lm_head).
+# forward 2·(2·30720 + 64·512) + 4·2·160·64 = 270336, its lm_head included (the tiny critic reads
+# its own language model's log-probabilities, ``value_inputs="hidden_logprob"``).
 BASELINE_PER_TOKEN = 3 * 530432
-VERIFIABLE_PER_TOKEN = 3 * 530432 + 204800
+VERIFIABLE_PER_TOKEN = 3 * 530432 + 270336
 
 
 def test_budget_steps_divide_the_budget_by_the_mean_step_cost(small_dataset):
   """At equal FLOPs the baseline gets the steps verifiable spends on critic forwards: the same
-  budget buys 10 verifiable steps of 8 × 160 tokens and 11 baseline steps (10 · 1796096 /
-  1591296 = 11.29, rounded); the mean is over the sampled shapes."""
+  budget buys 10 verifiable steps of 8 × 160 tokens and 12 baseline steps (10 · 1861632 /
+  1591296 = 11.70, rounded); the mean is over the sampled shapes."""
   budget = 10 * 8 * 160 * VERIFIABLE_PER_TOKEN
   verifiable = objectives.build(tiny_config("verifiable", small_dataset))
   baseline = objectives.build(tiny_config("baseline", small_dataset))
   assert flops.train_flops_per_token(verifiable, 160) == VERIFIABLE_PER_TOKEN
   assert flops.step_flops(baseline, 8, 160) == 8 * 160 * BASELINE_PER_TOKEN
   assert flops.budget_steps(budget, verifiable, [(8, 160)] * 3) == 10
-  assert flops.budget_steps(budget, baseline, [(8, 160)]) == 11
+  assert flops.budget_steps(budget, baseline, [(8, 160)]) == 12
   assert flops.budget_steps(budget, verifiable, [(8, 160), (16, 160)]) == 7  # mean 12 rows: 6.67
   assert flops.budget_steps(1.0, verifiable, [(8, 160)]) == 1  # at least one step
   with pytest.raises(ValueError, match="budget.flops=0"):

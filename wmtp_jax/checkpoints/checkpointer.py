@@ -192,8 +192,8 @@ def load_params(path: pathlib.Path, abstract_params, *, where: str):
   ``WORKDIR`` (its exported ``WORKDIR/model``). Each device reads only its shards.
 
   A ``ValueModel`` may start from a LLaMA language model: its backbone (``model/…``) is restored,
-  the ``lm_head`` is not read, and the returned tree lacks ``value_head`` (the caller initialises
-  it). Any other mix of kinds (``pretrained.params_kind`` of ``abstract_params`` vs the stored
+  the ``lm_head`` too where the value model has one (``value_inputs="hidden_logprob"``), else it
+  is not read, and the returned tree lacks ``value_head`` (the caller initialises it). Any other mix of kinds (``pretrained.params_kind`` of ``abstract_params`` vs the stored
   ``kind``) is an error naming both; a main job's ``WORKDIR`` one naming the finished runs in it.
   """
   source = pretrained.resolve(path)
@@ -212,5 +212,5 @@ def load_params(path: pathlib.Path, abstract_params, *, where: str):
   target, unused = dict(abstract_params), ()
   if "value_head" in target and "value_head" not in stored_top:  # a value model from an LLaMA LM
     del target["value_head"]
-    unused = ("lm_head",)
+    unused = () if "lm_head" in target else ("lm_head",)
   return pretrained.restore_params(source, target, unused=unused)

@@ -8,7 +8,12 @@ state dict onto it): ``model/embed_tokens/embedding [V, D]``, ``model/layers_{i}
 (``ValueModel``).
 
 ``ValueModel`` output ``V[b, t]`` is the value of the state after reading ``x_0 … x_t``: the value
-head applied to the final-normed hidden state at position ``t`` (DESIGN §2).
+head applied to the final-normed hidden state at position ``t`` (DESIGN §2); with
+``value_inputs="hidden_logprob"`` plus ``w · log p(x_t | x_<t)``, the model's own language-model
+log-probability of the token just read (``lm_head`` kept; 0 at ``t = 0``) times a learned scalar
+``value_head/logprob_weight`` (starts at 0). A shallow backbone's hidden state at ``t`` encodes
+its prediction of ``x_{t+1}``, not whether ``x_t`` was the expected token; the log-probability
+carries exactly that, so a value that drops at an unexpected token is one weight away.
 """
 
 import dataclasses
@@ -18,11 +23,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from wmtp_jax.models import layers, strict
 
 VALUE_HEADS = ("linear", "sigmoid", "mlp")
+VALUE_INPUTS = ("hidden", "hidden_logprob")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +44,8 @@ class LlamaConfig:
   ``config.json``, e.g. LLaMA-3.1's ``{"rope_type": "llama3", "factor": 8.0, …}``).
   ``tie_word_embeddings``: the logits use the embedding table ``[V, D]``, no ``lm_head``
   (LLaMA-3.2 1B / 3B).
+  ``value_inputs`` (``ValueModel`` only): ``hidden`` (the value head reads the hidden state) or
+  ``hidden_logprob`` (plus the scaled log-probability of the token read: module docstring).
   """
   vocab_size: int = 32000
   hidden_size: int = 4096
@@ -54,6 +63,7 @@ class LlamaConfig:
   value_head: str = "linear"
   value_head_dropout: float = 0.1
   value_head_bias_init: float = 0.0
+  value_inputs: str = "hidden"
   remat: str = "none"  # rematerialisation of the blocks (``layers.block_class``)
   scan_layers: bool = False  # blocks as one ``nn.scan`` loop (``layers.run_blocks``), as in MTP
 
@@ -66,6 +76,8 @@ class LlamaConfig:
     layers.block_class(self.remat)  # validates the name
     if self.value_head not in VALUE_HEADS:
       raise ValueError(f"value_head={self.value_head!r}: expected one of {VALUE_HEADS}")
+    if self.value_inputs not in VALUE_INPUTS:
+      raise ValueError(f"value_inputs={self.value_inputs!r}: expected one of {VALUE_INPUTS}")
     self.block  # validates the block shapes
 
   @property
@@ -150,13 +162,27 @@ class LlamaForCausalLM(nn.Module):
                                              cache_index_B=cache_index_B)
     if return_hidden:
       return h_BxSxD
-    if cfg.tie_word_embeddings:
-      w_DxV = unembedding_DxV(nn.meta.unbox(self.variables["params"]))
-      logits_BxSxV = jnp.einsum("bsd,dv->bsv", h_BxSxD, w_DxV.astype(cfg.dtype))
-    else:
-      logits_BxSxV = layers.Unembed(cfg.vocab_size, cfg.dtype, cfg.param_dtype,
-                                    name="lm_head")(h_BxSxD)
-    return nn.with_logical_constraint(logits_BxSxV, ("batch", "length", "vocab"))
+    return _lm_logits(self, cfg, h_BxSxD)
+
+
+def _lm_logits(module: nn.Module, cfg: LlamaConfig, h_BxSxD):
+  """Logits ``[B, S, V]`` of final-normed hidden states, inside ``module``'s compact call: its
+  ``lm_head`` (created there), or the embedding table with ``tie_word_embeddings``."""
+  if cfg.tie_word_embeddings:
+    w_DxV = unembedding_DxV(nn.meta.unbox(module.variables["params"]))
+    logits_BxSxV = jnp.einsum("bsd,dv->bsv", h_BxSxD, w_DxV.astype(cfg.dtype))
+  else:
+    logits_BxSxV = layers.Unembed(cfg.vocab_size, cfg.dtype, cfg.param_dtype,
+                                  name="lm_head")(h_BxSxD)
+  return nn.with_logical_constraint(logits_BxSxV, ("batch", "length", "vocab"))
+
+
+def token_logprobs(logits_BxSxV, tokens_BxS):
+  """``logp[b, t] = log p(x_t | x_<t)`` (fp32) from next-token logits (``logits[:, t]`` →
+  ``x_{t+1}``): ``[B, S]``, 0 at ``t = 0`` (no prediction of the first token)."""
+  logp_BxSxV = jax.nn.log_softmax(logits_BxSxV[:, :-1].astype(jnp.float32), axis=-1)
+  picked_BxS = jnp.take_along_axis(logp_BxSxV, tokens_BxS[:, 1:, None], axis=-1)[..., 0]
+  return jnp.pad(picked_BxS, ((0, 0), (1, 0)))
 
 
 def unembedding_DxV(params):
@@ -178,7 +204,9 @@ class ValueHead(nn.Module):
   bias_init: float = 0.0
 
   @nn.compact
-  def __call__(self, h_BxSxD, *, deterministic: bool = True):
+  def __call__(self, h_BxSxD, *, deterministic: bool = True, logprob=None):
+    """``logprob`` (``[...]``, optional): adds ``logprob_weight · logprob`` (``ValueModel``'s
+    ``hidden_logprob`` inputs; the scalar weight starts at 0)."""
     h = h_BxSxD.astype(jnp.float32)
     last_bias = nn.initializers.constant(self.bias_init)
     if self.kind in ("linear", "sigmoid"):
@@ -196,18 +224,30 @@ class ValueHead(nn.Module):
       v = nn.Dense(1, kernel_init=nn.initializers.zeros, bias_init=last_bias, name="out")(h)
     else:
       raise ValueError(f"value head kind={self.kind!r}: expected one of {VALUE_HEADS}")
-    return v[..., 0]
+    v = v[..., 0]
+    if logprob is not None:
+      v = v + self.param("logprob_weight", nn.initializers.zeros, (), jnp.float32) * logprob
+    return v
 
 
 class ValueModel(nn.Module):
-  """LLaMA backbone + value head: ``V [B, S]`` (fp32)."""
+  """LLaMA backbone + value head: ``V [B, S]`` (fp32); module docstring for ``value_inputs``."""
   cfg: LlamaConfig
 
   @nn.compact
   def __call__(self, tokens_BxS, attention_mask_BxS=None, *, positions_BxS=None,
-               deterministic: bool = True):
-    h_BxSxD = LlamaModel(self.cfg, name="model")(tokens_BxS, attention_mask_BxS,
-                                                  positions_BxS=positions_BxS)
-    return ValueHead(self.cfg.value_head, self.cfg.value_head_dropout,
-                     self.cfg.value_head_bias_init, name="value_head")(
-                         h_BxSxD, deterministic=deterministic)
+               deterministic: bool = True, return_logprobs: bool = False):
+    """With ``return_logprobs`` (``hidden_logprob`` inputs only) ``(V, logp)``, ``logp [B, S]`` as
+    in ``token_logprobs`` (the critic's language-model loss reads it)."""
+    cfg = self.cfg
+    h_BxSxD = LlamaModel(cfg, name="model")(tokens_BxS, attention_mask_BxS,
+                                             positions_BxS=positions_BxS)
+    logp_BxS = None
+    if cfg.value_inputs == "hidden_logprob":
+      logp_BxS = token_logprobs(_lm_logits(self, cfg, h_BxSxD), tokens_BxS)
+    elif return_logprobs:
+      raise ValueError("ValueModel(return_logprobs=True) needs value_inputs='hidden_logprob' "
+                       f"(the model has no language-model head), not {cfg.value_inputs!r}")
+    v_BxS = ValueHead(cfg.value_head, cfg.value_head_dropout, cfg.value_head_bias_init,
+                      name="value_head")(h_BxSxD, deterministic=deterministic, logprob=logp_BxS)
+    return (v_BxS, logp_BxS) if return_logprobs else v_BxS

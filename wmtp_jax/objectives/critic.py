@@ -1,9 +1,13 @@
 """``critic``: the value model on correct (pos) / incorrect (neg) pairs (DESIGN §3).
 
-``loss = pairwise_coef·L_pairwise + lambda_coef·L_λ + mc_coef·L_mc``: Bradley–Terry ranking of the
-mean response value of pos over neg; MSE/Huber against λ-returns (terminal reward 1 for pos, 0 for
-neg, targets without gradient), per-sequence means, ``(L_pos + L_neg) / 2`` as the reference;
-Monte-Carlo MSE of every response value against the reward.
+``loss = pairwise_coef·L_pairwise + lambda_coef·L_λ + mc_coef·L_mc + lm_coef·L_lm``: Bradley–Terry
+ranking of the mean response value of pos over neg; MSE/Huber against λ-returns (terminal reward 1
+for pos, 0 for neg, targets without gradient), per-sequence means, ``(L_pos + L_neg) / 2`` as the
+reference; Monte-Carlo MSE of every response value against the reward; and the next-token
+cross-entropy of the pos (correct) responses, a token mean, for a value model that reads its own
+language model's log-probabilities (``model.value_inputs="hidden_logprob"``,
+``wmtp_jax.models.llama``): the critic learns what a correct solution looks like, and its value
+sees where a response departs from it.
 
 Each term is a mean (over pairs or rows); to make micro-batch accumulation equal one large batch,
 a micro-batch's mean is scaled by its share of the step's count (``normalizers``).
@@ -38,7 +42,8 @@ def _stacked(batch):
 def _counts(batch):
   _, _, mask, _ = _stacked(batch)
   return {"pairs": jnp.float32(batch["pos_tokens"].shape[0]),
-          "rows": mask.any(axis=1).sum(dtype=jnp.float32)}
+          "rows": mask.any(axis=1).sum(dtype=jnp.float32),
+          "pos_tokens": base.response_mask(batch, "pos_").sum(dtype=jnp.float32)}
 
 
 @jax.jit
@@ -83,9 +88,14 @@ class Critic(base.Objective):
     if c.value_loss not in VALUE_LOSSES:
       raise ValueError(f"config.critic_loss.value_loss={c.value_loss!r}: expected one of "
                        f"{VALUE_LOSSES}")
-    if not (c.pairwise_coef or c.lambda_coef or c.mc_coef):
-      raise ValueError("config.critic_loss: pairwise_coef, lambda_coef and mc_coef are all 0")
+    if not (c.pairwise_coef or c.lambda_coef or c.mc_coef or c.lm_coef):
+      raise ValueError("config.critic_loss: pairwise_coef, lambda_coef, mc_coef and lm_coef are "
+                       "all 0")
     self.model = ValueModel(presets.build(LlamaConfig, config.model, where="config.model"))
+    if c.lm_coef and self.model.cfg.value_inputs != "hidden_logprob":
+      raise ValueError(f"config.critic_loss.lm_coef={c.lm_coef} needs a language-model head: "
+                       f"config.model.value_inputs='hidden_logprob', not "
+                       f"{self.model.cfg.value_inputs!r}")
 
   def normalizers(self, batch):
     return _counts(batch)
@@ -93,7 +103,10 @@ class Critic(base.Objective):
   def loss(self, params, apply, frozen, batch, norms, aux, rng):
     c = self.config.critic_loss
     tokens, attention_mask, mask, rewards = _stacked(batch)
-    values = apply(params, tokens, attention_mask, deterministic=False, rngs={"dropout": rng})
+    lm = self.model.cfg.value_inputs == "hidden_logprob"
+    out = apply(params, tokens, attention_mask, deterministic=False, return_logprobs=lm,
+                rngs={"dropout": rng})
+    values, logp = out if lm else (out, None)
     b = batch["pos_tokens"].shape[0]
     share = {k: v / jnp.maximum(norms[k], 1.0) for k, v in _counts(batch).items()}
 
@@ -103,14 +116,20 @@ class Critic(base.Objective):
         values[rows], returns[rows], mask[rows], kind=c.value_loss, huber_delta=c.huber_delta)
     lam_loss = (side_loss(slice(None, b)) + side_loss(slice(b, None))) / 2
     mc_loss = losses.mc_value_loss(values, rewards, mask)
+    # Next-token CE of the pos responses: logp[t] = log p(x_t | x_<t) on response tokens t.
+    lm_sum = -jnp.where(mask[:b], logp[:b], 0.0).sum() if lm else jnp.float32(0.0)
+    lm_loss = lm_sum / jnp.maximum(mask[:b].sum(dtype=jnp.float32), 1.0)
     loss = (c.pairwise_coef * pair["loss"] * share["pairs"]
-            + c.lambda_coef * lam_loss * share["pairs"] + c.mc_coef * mc_loss * share["rows"])
+            + c.lambda_coef * lam_loss * share["pairs"] + c.mc_coef * mc_loss * share["rows"]
+            + c.lm_coef * lm_sum / jnp.maximum(norms["pos_tokens"], 1.0))
     sides = {side: sequence_value_stats(values[rows], mask[rows])
              for side, rows in (("pos", slice(None, b)), ("neg", slice(b, None)))}
     metrics = {
-        "loss": (c.pairwise_coef * pair["loss"] + c.lambda_coef * lam_loss + c.mc_coef * mc_loss),
+        "loss": (c.pairwise_coef * pair["loss"] + c.lambda_coef * lam_loss + c.mc_coef * mc_loss
+                 + c.lm_coef * lm_loss),
         "pairwise_loss": pair["loss"], "pairwise_accuracy": pair["accuracy"],
         "pairwise_margin": pair["margin"], "lambda_loss": lam_loss, "mc_loss": mc_loss,
+        "lm_loss": lm_loss,
         "explained_variance": weighting.explained_variance(values, returns, mask),
         **{f"value_{k}": v for k, v in weighting.td_stats(values, mask).items()},
         **{f"value_{k}_{side}": v for side, stats in sides.items() for k, v in stats.items()},

@@ -47,8 +47,10 @@ log = logging.getLogger("wmtp_jax")
 BASE_VERSION = 1  # bump when the way a base is built changes
 CACHE_KIND = "base"
 KINDS = ("mtp", "llama")
-# Model fields a fine-tuning run sets that a base does not have (its value head, trained heads).
-RUN_ONLY_FIELDS = ("value_head", "value_head_dropout", "value_head_bias_init", "train_heads")
+# Model fields a fine-tuning run sets that a base does not have (its value head and its inputs,
+# trained heads).
+RUN_ONLY_FIELDS = ("value_head", "value_head_dropout", "value_head_bias_init", "value_inputs",
+                   "train_heads")
 METRICS_FILE = "metrics.jsonl"
 CORPUS_BARRIER = "wmtp_jax.training.bases.corpus_dir"
 # Not part of a base's identity: paths, and what does not change the trained weights (so that a

@@ -56,13 +56,18 @@ def forward_flops_per_token(cfg: MTPConfig | LlamaConfig, seq_len: int, *, lm_he
   return 2.0 * (n_blocks * _block_matmul_params(b) + head) + 4.0 * n_blocks * seq_len * b.dim
 
 
+def _has_lm_head(module) -> bool:
+  """A LLaMA language model, or a value model that reads its own LM (``hidden_logprob``)."""
+  return isinstance(module, LlamaForCausalLM) or (
+      isinstance(module.cfg, LlamaConfig) and module.cfg.value_inputs == "hidden_logprob")
+
+
 def train_flops_per_token(objective, seq_len: int) -> float:
   """Train-step FLOPs per token: 3× the trained model's forward + the frozen models' forward."""
-  total = 3.0 * forward_flops_per_token(
-      objective.model.cfg, seq_len, lm_head=isinstance(objective.model, LlamaForCausalLM))
+  total = 3.0 * forward_flops_per_token(objective.model.cfg, seq_len,
+                                        lm_head=_has_lm_head(objective.model))
   for module in objective.frozen_models.values():
-    total += forward_flops_per_token(module.cfg, seq_len,
-                                     lm_head=isinstance(module, LlamaForCausalLM))
+    total += forward_flops_per_token(module.cfg, seq_len, lm_head=_has_lm_head(module))
   return total
 
 
