@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic dataset and tiny run configs."""
 
+import os
 import pathlib
 
 import jax
@@ -13,6 +14,18 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 SMALL_DATA = dict(n_train=80, n_valid=12, n_test=16, seed=0, vocab_size=512)
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for every JAX subprocess of the test run (each
+  ``python -m wmtp_jax.main`` a test starts inherits ``JAX_COMPILATION_CACHE_DIR``), shared by the
+  xdist workers and removed with pytest's old temporary directories: runs of one shape compile
+  once. In-process compilation is left as it is."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the run's directory, above each worker's own
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "xla_cache"))
 
 
 @pytest.fixture(scope="session")
