@@ -14,10 +14,11 @@ import ml_collections
 
 CD = ml_collections.ConfigDict
 VARIANTS = ("default", "smoke", "ablation")
-# Every arm: a shorter held-out evaluation than a single run's, and interval pass@1 for the
-# learning curves.
+# Every arm: a shorter held-out evaluation than a single run's, and interval pass@1 and
+# validation loss every 50 steps for the learning curves.
 EVALUATION = (("evaluate.max_problems", 48), ("evaluate.n_samples", 5),
-              ("evaluate.every_steps", 50), ("evaluate.interval_problems", 16))
+              ("evaluate.every_steps", 50), ("evaluate.interval_problems", 16),
+              ("train.eval_every", 50))
 
 
 def arm(pipeline: str, *overrides, options: str = "") -> CD:
