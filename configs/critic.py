@@ -33,8 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              value_inputs="hidden_logprob" if tiny else "hidden")
   steps = 400 if tiny else 1000
   c = common.base("critic", size, model=model, steps=steps, policy=False)
-  c.data.sampler_args = CD(dict(max_pairs_per_problem=16 if tiny else 4, length_bins=(0, 100, 150, 200, 300, 500,
-                                                                      1000, 2000)))
+  c.data.sampler_args = CD(dict(max_pairs_per_problem=16 if tiny else 4,
+                                length_bins=(0, 100, 150, 200, 300, 500, 1000, 2000)))
   c.critic_loss = CD(dict(pairwise_coef=1.0, lambda_coef=0.5 if tiny else 0.0,
                           mc_coef=0.5 if tiny else 0.0, value_loss="mse", huber_delta=0.5,
                           gamma=1.0, lam=0.95, lm_coef=1.0 if tiny else 0.0))

@@ -193,8 +193,9 @@ def load_params(path: pathlib.Path, abstract_params, *, where: str):
 
   A ``ValueModel`` may start from a LLaMA language model: its backbone (``model/…``) is restored,
   the ``lm_head`` too where the value model has one (``value_inputs="hidden_logprob"``), else it
-  is not read, and the returned tree lacks ``value_head`` (the caller initialises it). Any other mix of kinds (``pretrained.params_kind`` of ``abstract_params`` vs the stored
-  ``kind``) is an error naming both; a main job's ``WORKDIR`` one naming the finished runs in it.
+  is not read, and the returned tree lacks ``value_head`` (the caller initialises it). Any other
+  mix of kinds (``pretrained.params_kind`` of ``abstract_params`` vs the stored ``kind``) is an
+  error naming both; a main job's ``WORKDIR`` one naming the finished runs in it.
   """
   source = pretrained.resolve(path)
   if not (source / pretrained.CONFIG_FILE).is_file():

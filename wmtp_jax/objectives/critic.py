@@ -117,11 +117,11 @@ class Critic(base.Objective):
     lam_loss = (side_loss(slice(None, b)) + side_loss(slice(b, None))) / 2
     mc_loss = losses.mc_value_loss(values, rewards, mask)
     # Next-token CE of the pos responses: logp[t] = log p(x_t | x_<t) on response tokens t.
-    lm_sum = -jnp.where(mask[:b], logp[:b], 0.0).sum() if lm else jnp.float32(0.0)
-    lm_loss = lm_sum / jnp.maximum(mask[:b].sum(dtype=jnp.float32), 1.0)
+    lm_loss = (-jnp.where(mask[:b], logp[:b], 0.0).sum()
+               / jnp.maximum(mask[:b].sum(dtype=jnp.float32), 1.0)) if lm else jnp.float32(0.0)
     loss = (c.pairwise_coef * pair["loss"] * share["pairs"]
             + c.lambda_coef * lam_loss * share["pairs"] + c.mc_coef * mc_loss * share["rows"]
-            + c.lm_coef * lm_sum / jnp.maximum(norms["pos_tokens"], 1.0))
+            + c.lm_coef * lm_loss * share["pos_tokens"])
     sides = {side: sequence_value_stats(values[rows], mask[rows])
              for side, rows in (("pos", slice(None, b)), ("neg", slice(b, None)))}
     metrics = {
