@@ -16,5 +16,5 @@ from wmtp_jax.config import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size, options = common.parse_variant(arg, "baseline", ("ntp",))
-  c = common.policy_base("baseline", size, options, steps=400 if size == "tiny" else 2000)
+  c = common.policy_base("baseline", size, options, steps=300 if size == "tiny" else 2000)
   return c.lock()

@@ -2,15 +2,16 @@
 
     python -m wmtp_jax.main --config=configs/pretrain.py:mtp|llama [--config.a.b=v …]
 
-Tiny runs can start from these bases (``config.init.base``, opt-in: README, "Tiny pretrained
-bases"): the policies from ``mtp`` (the tiny MTP preset, all heads trained), the critic, the
-reference and the ``:ntp`` policy from ``llama`` (the tiny LLaMA). A job builds the base it needs once into the cache (``training.bases``), from
+The tiny runs start from these bases (``config.init.base``): the policies from ``mtp`` (the tiny
+MTP preset, all heads trained), the critic, the reference and the ``:ntp`` policy from ``llama``
+(the tiny LLaMA). A job builds the base it needs once into the cache (``training.bases``), from
 this config with the job's model, seed and synthetic dataset; this command trains one into its
-workdir like any run. The corpus (``data.synthetic.corpus``): documents of ``corpus.n_train`` (and
-``corpus.n_valid`` held-out) problems disjoint from the dataset's train/valid/test problems, code
-and instructions in separate documents; ``data.dir`` empty means that corpus (in the cache). Only
-the ``tiny`` size exists: the 7b runs start from converted checkpoints. The config is locked: a
-typo is an error. All fields: configs/pretrain.py and wmtp_jax/config/common.py.
+workdir like any run. The corpus (``data.synthetic.corpus``): commented solutions (the
+instruction as a comment line above the code, no prompt format) of ``corpus.n_train`` (and
+``corpus.n_valid`` held-out) problems disjoint from the dataset's train/valid/test problems;
+``data.dir`` empty means that corpus (in the cache). Only the ``tiny`` size exists: the 7b runs
+start from converted checkpoints. The config is locked: a typo is an error. All fields:
+configs/pretrain.py and wmtp_jax/config/common.py.
 """
 
 import ml_collections
@@ -28,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      f"only: the 7b runs start from converted checkpoints)")
   (kind,) = options
   model = common.mtp_model(size) if kind == "mtp" else common.llama_model(size)
-  # Steps: about a minute each on 2 CPU cores (the MTP step costs ~4x the 2-layer LLaMA's).
+  # Steps: the MTP base ~1.5 min, the LLaMA base ~45 s on 2 CPU cores.
   c = common.base("pretrain", size, model=model, steps=200 if kind == "mtp" else 300,
                   policy=False)
   c.variant = kind  # the run directory: runs/pretrain-<kind>

@@ -20,7 +20,7 @@ CD = ml_collections.ConfigDict
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size, options = common.parse_variant(arg, "rho1", ("ntp",))
-  c = common.policy_base("rho1", size, options, steps=400 if size == "tiny" else 2000)
+  c = common.policy_base("rho1", size, options, steps=300 if size == "tiny" else 2000)
   reference = common.frozen_run("ref_tuning", size, options)
   c.reference = CD(dict(model=reference.model.to_dict(), checkpoint="", run=reference))
   c.rho1 = CD(dict(variant="topk", k_percent=0.6 if size == "tiny" else 0.7, mode="signed",

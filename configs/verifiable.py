@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      f"with {sorted(options & {'shared_head', 'softmax_heads'})}")
   value_head = (dict(value_head="mlp", value_head_dropout=0.0, value_head_bias_init=0.5)
                 if shared_head else {})  # values from a head on the policy trunk
-  c = common.policy_base("verifiable", size, options, steps=400 if size == "tiny" else 2000,
+  c = common.policy_base("verifiable", size, options, steps=300 if size == "tiny" else 2000,
                          **value_head)
   c.weighting = CD(dict(scheme="softmax_heads" if "softmax_heads" in options else "gae_exp",
                         gamma=1.0, lam=0.95, initial_value=0.5, beta=1.0, min_weight=0.1,

@@ -9,6 +9,7 @@ import pytest
 from wmtp_jax import main as main_lib
 from wmtp_jax.config import common as config_lib
 from wmtp_jax.data import synthetic
+from wmtp_jax.data.synthetic import corpus
 from wmtp_jax.training import bases, loop
 
 from conftest import SMALL_DATA, tiny_config
@@ -100,7 +101,8 @@ def test_a_cached_base_of_other_parameters_is_an_error(small_dataset, cache_root
   path.mkdir(parents=True)
   (path / "cache.json").write_text(json.dumps({"kind": "base", "params": {"base_version": 0}}))
   with pytest.raises(RuntimeError, match=rf"{path} is not the cached base entry .*records other "
-                                         rf"parameters \(params.base_version, params.config\)"):
+                                         rf"parameters \(params.base_version, params.config, "
+                                         rf"params.corpus_version\)"):
     main_lib.train_prerequisites(job, tmp_path / "job")
   assert trained == []
 
@@ -114,7 +116,8 @@ def test_base_config_follows_the_job(small_dataset, cache_root):
   assert bases.entry(base) != bases.entry(bases.base_config(_job(small_dataset, cache_root)))
 
 
-def test_the_base_key_ignores_what_leaves_the_weights_alone(small_dataset, cache_root):
+def test_the_base_key_ignores_what_leaves_the_weights_alone(small_dataset, cache_root,
+                                                            monkeypatch):
   base = bases.base_config(_job(small_dataset, cache_root))
   path = bases.entry(base)
   base.train.log_every = 7
@@ -123,6 +126,9 @@ def test_the_base_key_ignores_what_leaves_the_weights_alone(small_dataset, cache
   base.data.update(workers=2, dir="/elsewhere")
   assert bases.entry(base) == path
   base.train.steps += 1
+  assert bases.entry(base) != path
+  base.train.steps -= 1
+  monkeypatch.setattr(corpus, "CORPUS_VERSION", corpus.CORPUS_VERSION + 1)  # other documents
   assert bases.entry(base) != path
 
 
@@ -141,15 +147,15 @@ def test_bad_base_requests_are_errors(small_dataset, cache_root, tmp_path):
     main_lib.train_prerequisites(job, tmp_path)
 
 
-def test_bases_are_opt_in():
-  """The bases make fine-tuning worse today (README): every default starts from random weights
-  (tiny) or a converted checkpoint (7b); ``--config.init.base=`` and the nested runs' key opt in."""
-  for name in ("baseline", "verifiable", "rho1", "critic", "ref_tuning"):
-    for size in ("tiny", "7b"):
-      assert config_lib.load(name, size).init.base == "", (name, size)
-  assert config_lib.load("verifiable", "tiny,shared_head").init.base == ""
-  assert config_lib.load("verifiable", "tiny").critic.run.init.base == ""
-  assert config_lib.load("rho1", "tiny").reference.run.init.base == ""
+def test_tiny_defaults_start_from_bases():
+  for name, kind in (("baseline", "mtp"), ("verifiable", "mtp"), ("rho1", "mtp"),
+                     ("critic", "llama"), ("ref_tuning", "llama")):
+    assert config_lib.load(name, "tiny").init.base == kind, name
+    assert config_lib.load(name, "7b").init.base == "", name
+  assert config_lib.load("verifiable", "tiny,shared_head").init.base == "mtp"
+  assert config_lib.load("baseline", "tiny,ntp").init.base == "llama"
+  assert config_lib.load("verifiable", "tiny").critic.run.init.base == "llama"
+  assert config_lib.load("rho1", "tiny").reference.run.init.base == "llama"
 
 
 @pytest.mark.parametrize("pipeline,nested", [("verifiable", "critic"), ("rho1", "reference")])

@@ -33,16 +33,16 @@ def test_corpus_problems_are_disjoint_from_the_datasets_splits():
   assert {p.key for p in unexcluded} & train_keys
 
 
-def test_documents_separate_code_from_instructions():
+def test_documents_are_commented_solutions_in_plain_format():
   (problem,) = corpus.corpus_problems(seed=0, n_train=1, n_valid=0,
                                       dataset_params=SMALL_DATA)["train"]
   docs = corpus.documents(problem)
-  assert [d["output"] for d in docs] == [*problem.solutions, problem.instruction]
-  assert [d["document"] for d in docs] == ["code"] * len(problem.solutions) + ["text"]
-  for d in docs:
+  assert len(docs) == len(problem.solutions) > 1
+  for d, code in zip(docs, problem.solutions):
+    assert d["output"] == "# " + problem.instruction + "\n" + code
     assert d["instruction"] == d["input"] == "" and d["is_correct"] and d["key"] == problem.key
-    assert "Write a function" not in d["output"] or d["document"] == "text"
-    assert "def f(" not in d["output"] or d["document"] == "code"
+    assert d["format"] == "plain" and template.format_prompt(d) == ""
+    assert "### " not in d["output"]  # no trace of the fine-tuning prompt
 
 
 def test_pretrain_config_variants():
@@ -74,7 +74,14 @@ def _batch(small_dataset):
   examples = [template.encode(d, tok, 256) for d in (docs[0], docs[-1])]
   batch = template.collate(examples, pad_id=tok.pad_token_id)
   assert (batch["attention_mask"] == 0).any()  # padding
-  assert (batch["labels"][:, 1] == IGNORE_INDEX).all()  # the template header is not a target
+  # Plain documents: no prompt; every token but BOS is a target (the closing EOS included).
+  for row, doc in enumerate((docs[0], docs[-1])):
+    n = int(batch["lengths"][row])
+    assert batch["tokens"][row, 0] == tok.bos_token_id and batch["tokens"][row, n - 1] == \
+        tok.eos_token_id
+    assert tok.decode(batch["tokens"][row, 1:n - 1]) == doc["output"]
+    assert batch["labels"][row, 0] == IGNORE_INDEX
+    assert (batch["labels"][row, 1:n] == batch["tokens"][row, 1:n]).all()
   return batch
 
 

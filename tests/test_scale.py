@@ -164,7 +164,7 @@ def test_full_remat_same_loss_and_grads_less_memory():
 
 
 def _main_flags(dataset: pathlib.Path, workdir: pathlib.Path, steps: int) -> list[str]:
-  return ["--config=configs/baseline.py", f"--config.data.dir={dataset}",
+  return ["--config=configs/baseline.py", f"--config.data.dir={dataset}", "--config.init.base=",
           "--config.data.batch_size=8", "--config.data.max_len=160",
           "--config.data.bucket_lengths=(160,)", "--config.data.val_batches=1",
           f"--config.train.steps={steps}", "--config.train.eval_every=0",

@@ -11,6 +11,8 @@ from wmtp_jax.data.schema import DataError, validate_problem, validate_record
 
 def test_validate_record_accepts_schema_and_extra_keys():
   validate_record(make_record(difficulty=2, source="mbpp", language="python3"))
+  validate_record(make_record(format="alpaca"))
+  validate_record(make_record(format="plain", instruction="", input=""))
 
 
 @pytest.mark.parametrize("record, message", [
@@ -24,6 +26,8 @@ def test_validate_record_accepts_schema_and_extra_keys():
     (make_record(critical="[[0, 1]]"), "'critical' must be list"),
     (make_record(mutated=None), "'mutated' must be list"),
     (["not", "an", "object"], "expected a JSON object"),
+    (make_record(format="markdown"), "field 'format' is 'markdown'; expected one of"),
+    (make_record(format="plain"), "a 'plain' record is its output alone"),
 ])
 def test_validate_record_rejects(record, message):
   with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -75,12 +75,11 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
   c.required = () if tiny else ("init.checkpoint", "data.dir")  # must be non-empty to start
   c.model = model
   # ``checkpoint``: a converted checkpoint dir or a finished run's workdir. ``base`` (used when
-  # ``checkpoint`` is empty): "" (random init, the default) | "mtp" | "llama", the tiny pretrained
-  # base of that kind (configs/pretrain.py, built once into the cache: ``training.bases``). Opt-in
-  # because the bases as pre-trained today make fine-tuning worse (README, "Tiny pretrained
-  # bases": held-out pass@1 0.200 from the MTP base vs 0.795 from random weights) and their first
-  # build alone costs ~6 minutes of the main job's 10 on 2 cores.
-  c.init = CD(dict(checkpoint="", base=""))
+  # ``checkpoint`` is empty): "" (random init) | "mtp" | "llama", the tiny pretrained base of that
+  # kind (configs/pretrain.py, built once into the cache: ``training.bases``); tiny runs start
+  # from the base of their model's kind, as the 7b runs start from converted checkpoints.
+  c.init = CD(dict(checkpoint="", base=("mtp" if "n_future_tokens" in model else "llama")
+                   if tiny else ""))
   c.mesh = mesh()
   c.data = CD(dict(
       dir="", cache_dir="", tokenizer="", train_split="train", valid_split="valid",
@@ -117,8 +116,10 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
   # ``n_samples`` samples at each of ``temperatures`` (top-p ``top_p``, the best pass@1 kept),
   # greedy pass@1 (``greedy``) and per-head accuracy (tiny: 32 problems, n 10, so that the README
   # main job stays within 10 minutes on 2 cores; raise ``max_problems`` for tighter estimates).
-  # The base reads ``base_prompt_mode``'s prompts (tiny "finetuned": the tiny bases were
-  # pre-trained behind the template's header; 7b "base": the raw harness prompt).
+  # The base reads ``base_prompt_mode``'s prompts (tiny "finetuned": the fine-tuned model's
+  # prompts, so that base vs fine-tuned is what fine-tuning adds on the same prompts; the tiny
+  # bases know the task only as commented code, ``data.synthetic.corpus``; 7b "base": the raw
+  # harness prompt).
   # ``max_new_tokens`` 0 = the benchmark's own; each program runs
   # ``timeout_s`` / ``memory_mb`` in the sandbox. 7b: the reference's protocol (n 20, T 0.2 and
   # 0.8, top-p 0.95, k 1 5 10 20, 5 s). During training: greedy ``eval_pass_at_1`` of the first
@@ -129,7 +130,7 @@ def base(pipeline: str, size: str, *, model: dict, steps: int, policy: bool) -> 
       temperatures=(0.8,) if tiny else (0.2, 0.8), top_p=0.95,
       ks=(1, 5, 10) if tiny else (1, 5, 10, 20), greedy=True,
       base_prompt_mode="finetuned" if tiny else "base", timeout_s=5.0, memory_mb=1024,
-      every_steps=(200 if tiny else 500) if policy else 0, interval_problems=32))
+      every_steps=(150 if tiny else 500) if policy else 0, interval_problems=32))
   return c
 
 

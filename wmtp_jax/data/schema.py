@@ -4,12 +4,16 @@ Solution record (one JSON object per line of ``{split}.jsonl``, DESIGN §5)::
 
   {"instruction": str, "input": str, "output": str (non-empty), "problem_id": str,
    "is_correct": bool, "difficulty"?: int, "source"?: str,
-   "critical"?: [[start, end], ...], "mutated"?: [[start, end], ...]}
+   "critical"?: [[start, end], ...], "mutated"?: [[start, end], ...],
+   "format"?: "alpaca" | "plain"}
 
 ``critical`` and ``mutated`` (``SPAN_FIELDS``) are ground-truth character spans of ``output``
 (synthetic data only; defined in ``wmtp_jax.data.synthetic``): each span ``[start, end)`` holds
 character (code point) offsets with ``0 <= start < end <= len(output)``; the spans are sorted and
-do not overlap (an empty list is valid). Extra keys are allowed and kept.
+do not overlap (an empty list is valid). ``format`` (``RECORD_FORMATS``, default ``alpaca``) says
+how the data template frames the record (``wmtp_jax.data.template``): ``alpaca``, the instruction
+prompt before the ``output``; ``plain``, the ``output`` alone, a document of pre-training text
+(``instruction`` and ``input`` empty). Extra keys are allowed and kept.
 
 Evaluation problem (one per line of ``{split}.problems.jsonl``)::
 
@@ -34,8 +38,9 @@ REQUIRED_FIELDS: Mapping[str, type] = {
     "is_correct": bool,
 }
 OPTIONAL_FIELDS: Mapping[str, type] = {"difficulty": int, "source": str, "critical": list,
-                                        "mutated": list}
+                                        "mutated": list, "format": str}
 SPAN_FIELDS = ("critical", "mutated")
+RECORD_FORMATS = ("alpaca", "plain")
 
 PROBLEM_REQUIRED_FIELDS: Mapping[str, type] = {"problem_id": str, "prompt": str, "source": str}
 PROBLEM_OPTIONAL_FIELDS: Mapping[str, type | tuple[type, ...]] = {
@@ -113,6 +118,13 @@ def validate_record(record: Any) -> None:
   for key in SPAN_FIELDS:
     if key in record:
       _check_spans(record, key)
+  fmt = record.get("format", RECORD_FORMATS[0])
+  if fmt not in RECORD_FORMATS:
+    raise DataError(f"record {record['problem_id']!r}: field 'format' is {fmt!r}; expected one of "
+                    f"{RECORD_FORMATS}")
+  if fmt == "plain" and (record["instruction"] or record["input"]):
+    raise DataError(f"record {record['problem_id']!r}: a 'plain' record is its output alone, but "
+                    f"its 'instruction' / 'input' are not empty")
 
 
 def validate_problem(problem: Any) -> None:

@@ -14,6 +14,9 @@ on it. ``add_eos=False`` is the reference's recipe: no EOS is appended (pad = EO
 labels are ignored), so none is ever learned; the row ends with the response's last token, and
 evaluation ends programs by the template's stop rules (``wmtp_jax.eval.prompts``).
 
+Plain records (``"format": "plain"``, ``wmtp_jax.data.schema``: pre-training documents) have no
+prompt: the row is ``[<s>] output </s>``, labels on every token but BOS.
+
 The prompt and the response are tokenised separately and concatenated, so the prompt/response
 boundary is exact whatever the tokenizer merges across it. ``tokenizer`` is any object with the
 ``transformers`` tokenizer interface: ``encode(text, add_special_tokens=False) -> list[int]``,
@@ -78,8 +81,11 @@ class Example:
 def format_prompt(record: Mapping[str, Any]) -> str:
   """Returns the Alpaca prompt of ``record``, ending with ``### Response:\\n``.
 
-  The ``### Input:`` variant is used when ``record["input"]`` is a non-empty string.
+  The ``### Input:`` variant is used when ``record["input"]`` is a non-empty string; a ``plain``
+  record (module docstring) has the empty prompt.
   """
+  if record.get("format") == "plain":
+    return ""
   if record.get("input"):
     return PROMPT_WITH_INPUT.format(instruction=record["instruction"], input=record["input"])
   return PROMPT_NO_INPUT.format(instruction=record["instruction"])

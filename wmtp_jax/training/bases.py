@@ -6,9 +6,9 @@ from the base of that kind (``resolve``): ``configs/pretrain.py:<kind>`` with th
 (less the fields that only a run uses: ``RUN_ONLY_FIELDS``), its ``seed`` and its synthetic
 dataset (``data.synthetic``, ``data.cache_dir``; the base reads that dataset's tokenizer). The
 base lives in the cache beside the dataset (``wmtp_jax.data.cache``) as
-``<cache root>/base-<kind>-s<seed>-<hash8>/``, the hash covering ``BASE_VERSION`` and the pretrain
-config but its paths, logging, checkpointing and evaluation settings: a converted-checkpoint
-directory (``model_config.json``, ``params/``, ``tokenizer/``, ``checkpoints.pretrained``) plus
+``<cache root>/base-<kind>-s<seed>-<hash8>/``, the hash covering ``BASE_VERSION``, the corpus's
+version and the pretrain config but its paths, logging, checkpointing and evaluation settings: a
+converted-checkpoint directory (``model_config.json``, ``params/``, ``tokenizer/``, ``checkpoints.pretrained``) plus
 the pre-training's ``metrics.jsonl`` and the cache's ``cache.json``. So the base enters
 fine-tuning exactly as a converted Meta / HF checkpoint does in the 7b runs, and
 ``init.checkpoint`` names it.
@@ -103,15 +103,17 @@ def use_corpus(config) -> None:
 
 
 def cache_params(config) -> dict:
-  """What identifies the base of pretrain ``config``: ``BASE_VERSION`` and the config less its
-  paths, logging, checkpointing and evaluation settings (``_IGNORED_KEYS``)."""
+  """What identifies the base of pretrain ``config``: ``BASE_VERSION``, the corpus's
+  ``CORPUS_VERSION`` and the config less its paths, logging, checkpointing and evaluation
+  settings (``_IGNORED_KEYS``)."""
   values = config.to_dict()
   for *path, key in _IGNORED_KEYS:
     section = values
     for name in path:
       section = section[name]
     section.pop(key)
-  return {"base_version": BASE_VERSION, "config": values}
+  return {"base_version": BASE_VERSION, "corpus_version": corpus.CORPUS_VERSION,
+          "config": values}
 
 
 def entry(config) -> pathlib.Path:

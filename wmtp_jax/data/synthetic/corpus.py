@@ -1,20 +1,32 @@
-"""The pre-training corpus of the tiny bases (``configs/pretrain.py``): the synthetic task's
-language without its instruction→solution mapping.
+"""The pre-training corpus of the tiny bases (``configs/pretrain.py``): commented code of other
+problems than the fine-tuning task's, in no instruction format.
 
 Problems. ``n_train + n_valid`` problems of the ``pretrain`` split (``problems.PRETRAIN``): keys
 that hash to ``train``, less the fine-tuning train problems of the dataset the corpus belongs to,
 so that no pre-training problem is a train, valid or test problem of that dataset (by key), and
 the dataset's splits stay as they are. The last ``n_valid`` problems make the validation split.
 
-Documents. One record per document, in the dataset layout (``wmtp_jax.data``), with an empty
-``instruction`` and the document as its ``output``: every correct solution of a problem (its
-surface variants: the canonical code, the accumulator, the nested expression, …) is a document
-of code alone, and its instruction is a document of English alone. Instruction and code never
-share a document, so a base learns the code, the English of the specifications and the domain's
-constants and operators, but not which code answers which instruction: that mapping is what
-fine-tuning teaches (the base's held-out pass@1 stays low). The data template puts its prompt
-(the Alpaca header, with an empty instruction) before every document: a constant context, never
-a target; the pre-training objective trains on the whole document and its closing EOS.
+Documents. One ``plain`` record per correct solution (``wmtp_jax.data.schema``: the document is
+its ``output``, framed by BOS and EOS alone, with no prompt): the problem's instruction as a
+comment line, then the solution (each of its surface variants: the canonical code, the
+accumulator, the nested expression, …)::
+
+  # Write a function `f(xs)` that takes a list of integers xs, adds 7 to each element, ...
+  def f(xs):
+      ...
+
+like the commented code a real code model is pre-trained on. A base thus knows the code, the
+English of the specifications and how a comment's specification shapes the code below it, but
+not the fine-tuning format (the Alpaca prompt, its ``### Response:`` header, the EOS after the
+code): its held-out pass@1 under the fine-tuning prompt stays low (0.015 on 200 test problems),
+and fine-tuning from it beats fine-tuning from random weights (README, "Tiny pretrained bases").
+The pre-training objective trains on the whole document and its closing EOS.
+
+Measured on the way (baseline fine-tuned 400 steps from the MTP base, greedy pass@1 on 200 test
+problems): version 1, code and instructions in separate documents behind the template's header
+with an empty instruction, 0.200; version 2, the same documents as plain text, 0.130; random
+weights, 0.795; version 3, this corpus, 0.880. A base that never saw code conditioned on a
+specification learns to ignore the prompt, and fine-tuning has to unlearn that.
 
 Files. ``<dir>/{train,valid}.jsonl`` with their index, and ``<dir>/tokenizer``: a copy of the
 dataset's tokenizer (a base and the runs that start from it read the same tokens).
@@ -32,7 +44,7 @@ from wmtp_jax.data import cache, jsonl, records, template, tokenizer
 from wmtp_jax.data.synthetic import dataset
 from wmtp_jax.data.synthetic.problems import PRETRAIN, SOURCE, Problem, generate_problems
 
-CORPUS_VERSION = 1  # bump when the corpus's documents change
+CORPUS_VERSION = 3  # bump when the corpus's documents change
 CACHE_KIND = "pretrain-corpus"
 CORPUS_SPLITS = ("train", "valid")
 
@@ -47,12 +59,17 @@ def corpus_problems(*, seed: int, n_train: int, n_valid: int,
   return {"train": problems[:n_train], "valid": problems[n_train:]}
 
 
+def document(instruction: str, code: str) -> str:
+  """A corpus document: ``instruction`` as a comment line above ``code``."""
+  return f"# {instruction}\n{code}"
+
+
 def documents(problem: Problem) -> list[dict]:
-  """The records of ``problem``'s documents: each correct solution, then the instruction."""
-  texts = [("code", code) for code in problem.solutions] + [("text", problem.instruction)]
-  return [{"instruction": "", "input": "", "output": text, "problem_id": problem.problem_id,
-           "is_correct": True, "source": f"{SOURCE}-{PRETRAIN}", "key": problem.key,
-           "document": kind} for kind, text in texts]
+  """The ``plain`` records of ``problem``'s documents, one per correct solution."""
+  return [{"instruction": "", "input": "", "output": document(problem.instruction, code),
+           "problem_id": problem.problem_id, "is_correct": True,
+           "source": f"{SOURCE}-{PRETRAIN}", "key": problem.key, "format": "plain"}
+          for code in problem.solutions]
 
 
 def write_corpus(out_dir: str | os.PathLike, *, seed: int, n_train: int, n_valid: int,
