@@ -8,10 +8,10 @@ dataset (``data.synthetic``, ``data.cache_dir``; the base reads that dataset's t
 base lives in the cache beside the dataset (``wmtp_jax.data.cache``) as
 ``<cache root>/base-<kind>-s<seed>-<hash8>/``, the hash covering ``BASE_VERSION``, the corpus's
 version and the pretrain config but its paths, logging, checkpointing and evaluation settings: a
-converted-checkpoint directory (``model_config.json``, ``params/``, ``tokenizer/``, ``checkpoints.pretrained``) plus
-the pre-training's ``metrics.jsonl`` and the cache's ``cache.json``. So the base enters
-fine-tuning exactly as a converted Meta / HF checkpoint does in the 7b runs, and
-``init.checkpoint`` names it.
+converted-checkpoint directory (``model_config.json``, ``params/``, ``tokenizer/``,
+``checkpoints.pretrained``) plus the pre-training's ``metrics.jsonl`` and the cache's
+``cache.json``. So the base enters fine-tuning exactly as a converted Meta / HF checkpoint does
+in the 7b runs, and ``init.checkpoint`` names it.
 
 Building. Under the cache's lock, the pretrain run trains in ``<cache root>/.<entry>.run/`` (a
 run directory like any other: a killed build resumes there, from its last checkpoint), then its

@@ -18,8 +18,8 @@ accumulator, the nested expression, …)::
 like the commented code a real code model is pre-trained on. A base thus knows the code, the
 English of the specifications and how a comment's specification shapes the code below it, but
 not the fine-tuning format (the Alpaca prompt and its ``### Response:`` header): its held-out
-pass@1 under the fine-tuning prompt stays low (0.015 on 200 test problems),
-and fine-tuning from it beats fine-tuning from random weights (README, "Tiny pretrained bases").
+pass@1 under the fine-tuning prompt stays low (0.015 on 200 test problems), and fine-tuning from
+it beats fine-tuning from random weights (README, "Tiny pretrained bases").
 The pre-training objective trains on the whole document and its closing EOS.
 
 Measured on the way (baseline fine-tuned 400 steps from the MTP base, greedy pass@1 on 200 test
